@@ -1,0 +1,5 @@
+"""Pytest configuration: server fixtures are plug-ins under tests/servers/."""
+
+pytest_plugins = [
+    "tests.servers.redis_server",
+]

@@ -1,0 +1,1 @@
+"""Celery runtime of the email router (``celery -A workers worker|beat|flower``)."""
