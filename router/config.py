@@ -173,3 +173,8 @@ class Settings(BaseSettings):
     key_prefix: str = "er"
     flower_basic_auth: str | None = None
     metrics_port: int | None = None
+
+
+def load_config(path: Path) -> Configuration:
+    """Parse and validate the configuration file at ``path`` (placeholder: full checks pending)."""
+    return Configuration.from_xml(Path(path).read_bytes())
