@@ -26,13 +26,16 @@ def _version() -> str:
 
 def _add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", "-c", metavar="PATH", default=None,
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=None,
         help="configuration file (default: $ROUTER_CONFIG, else ./router.xml)",
     )
 
 
 # Each entry registers one subcommand; helpers append to this list.
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
