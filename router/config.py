@@ -28,6 +28,7 @@ from router.models import Direction
 
 Security = Literal["ssl", "starttls", "none"]
 AuthMode = Literal["password", "xoauth2", "none"]
+Policy = Literal["skip", "deliver", "quarantine"]
 
 
 class Secret(BaseXmlModel, frozen=True):
@@ -116,6 +117,16 @@ class ProviderConfiguration(BaseXmlModel, tag="ProviderConfiguration", frozen=Tr
         tag="MaximumDeliveryAttempts", default=10, ge=1, le=1000
     )
     enabled: bool = element(tag="Enabled", default=True)
+    #: Messages larger than this many bytes are quarantined instead of delivered (25 MiB).
+    max_message_size: int = element(tag="MaxMessageSize", default=26_214_400, ge=1024)
+    #: What to do with automatic replies (out-of-office...): skip, deliver or quarantine.
+    auto_reply_policy: Policy = element(tag="AutoReplyPolicy", default="skip")
+    #: What to do with non-delivery reports (bounces).
+    bounce_policy: Policy = element(tag="BouncePolicy", default="skip")
+    #: What to do with read receipts (message disposition notifications).
+    read_receipt_policy: Policy = element(tag="ReadReceiptPolicy", default="skip")
+    #: What to do with feedback/abuse reports (ARF).
+    feedback_report_policy: Policy = element(tag="FeedbackReportPolicy", default="skip")
     parameters: Parameters = element(tag="Parameters", default_factory=Parameters)
 
     @field_validator("after_processing")
