@@ -181,6 +181,17 @@ class IncomingProvider(Provider):
         with self.wrap(f"fetch {ref.key}"):
             return InboundMessage(ref, self._fetch(ref))
 
+    def fetch_many(self, refs: Sequence[MessageRef]) -> Iterator[InboundMessage]:
+        """Download several messages in order; backends override it to batch FETCH commands.
+
+        Messages are yielded one by one so the caller can stage each before the next arrives.
+        """
+        for ref in refs:
+            yield self.fetch(ref)
+
+    def commit(self) -> None:
+        """Make post-processing durable (POP3 deletes happen at QUIT); default: nothing to do."""
+
     def advance(self, state: InstanceState, refs: Sequence[MessageRef]) -> JsonDict:
         """Return the cursor after ``refs`` were staged (the service saves it, fenced)."""
         return self._advance(state, refs)
