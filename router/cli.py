@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from router.errors import ConfigError
+from router.errors import ConfigError, RouterError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -63,8 +63,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    except RouterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+# -- poll ---------------------------------------------------------------------------------------
+def _add_poll(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("poll", help="run one poll cycle of an incoming instance in the foreground")
+    p.add_argument("name", help="ProviderConfiguration Name of an incoming instance")
+    _add_config_arg(p)
+    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    p.add_argument("--no-deliver", action="store_true",
+                   help="only stage messages; leave CRM delivery to a worker")
+    p.set_defaults(func=cmd_poll)
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from router.incoming import format_report, poll_instance
+    from router.service import open_context
+
+    ctx = open_context(args.config, state_url=args.state)
+    try:
+        report = poll_instance(ctx, args.name, deliver=not args.no_deliver)
+    finally:
+        ctx.close()
+    print(format_report(report))
+    return EXIT_OK if report.error is None else EXIT_FAILED
+
+
+REGISTRARS.append(_add_poll)
+
+
+# -- quarantine ---------------------------------------------------------------------------------
+def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("quarantine", help="list, show, replay or drop quarantined messages")
+    _add_config_arg(p)
+    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    p.add_argument("action", choices=["list", "show", "replay", "drop"])
+    p.add_argument("instance", nargs="?", help="instance name (list: optional filter)")
+    p.add_argument("key", nargs="?", help="ledger key of the message (show/replay/drop)")
+    p.add_argument("--all", action="store_true", help="replay: every quarantined message")
+    p.add_argument("--yes", action="store_true", help="drop: confirm")
+    p.set_defaults(func=cmd_quarantine)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from router.quarantine_cli import run
+
+    return run(args)
+
+
+REGISTRARS.append(_add_quarantine)
 
 
 if __name__ == "__main__":
