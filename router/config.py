@@ -17,13 +17,15 @@ Times are milliseconds, as in the original file. A secret element may carry its 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_serializer, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_xml import BaseXmlModel, attr, element
 
+from router.errors import ConfigError
 from router.models import Direction
 
 Security = Literal["ssl", "starttls", "none"]
@@ -43,6 +45,11 @@ class Secret(BaseXmlModel, frozen=True):
         return f"Secret({where}, ***)"
 
     __str__ = __repr__
+
+    @field_serializer("value")
+    def _mask_value(self, value: str | None) -> str | None:
+        # model_dump()/model_dump_json() must never carry an inline secret.
+        return None if value is None else "***"
 
     def get_secret_value(self) -> str:
         """Return the secret; raises KeyError/OSError when its source is missing."""
@@ -173,19 +180,69 @@ class Configuration(BaseXmlModel, tag="Configuration", frozen=True):
 
 
 class Settings(BaseSettings):
-    """Settings from the environment (prefix ``ROUTER_``); the one place env vars are read."""
+    """Settings from the environment (prefix ``ROUTER_``); the one place env vars are read.
+
+    Precedence: an explicit argument (e.g. ``--config``) wins over these, and these win over the
+    configuration file (``ROUTER_STATE_URL`` over ``<StateStore>``, ``ROUTER_LOG_LEVEL`` over
+    ``<LogLevel>``). Build it with :func:`load_settings` to get a ConfigError on bad values.
+    """
 
     model_config = SettingsConfigDict(env_prefix="ROUTER_", frozen=True)
 
+    #: ``ROUTER_CONFIG``: the XML configuration file.
     config: Path = Path("router.xml")
+    #: ``ROUTER_BROKER_URL``: the Celery broker (Redis).
     broker_url: str = "redis://127.0.0.1:6379/0"
+    #: ``ROUTER_STATE_URL``: the state store (``redis://...`` or ``sqlite:///...``); overrides
+    #: the file's ``<StateStore>``.
     state_url: str | None = None
+    #: ``ROUTER_LOG_FORMAT``: ``text`` for people, ``json`` (one object per line) for collectors.
     log_format: Literal["text", "json"] = "text"
+    #: ``ROUTER_LOG_LEVEL``: overrides the file's ``<LogLevel>`` when set.
+    log_level: str | None = None
+    #: ``ROUTER_KEY_PREFIX``: prefix of every key the router writes to Redis.
     key_prefix: str = "er"
+    #: ``ROUTER_FLOWER_BASIC_AUTH``: ``user:password`` protecting Flower (masked in reprs).
     flower_basic_auth: str | None = None
+    #: ``ROUTER_METRICS_PORT``: serve Prometheus metrics on this port when set.
     metrics_port: int | None = None
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "flower_basic_auth" and value:
+                yield name, "***"
+            elif isinstance(value, str):
+                yield name, mask_url(value)
+            else:
+                yield name, value
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a ``scheme://user:password@host`` URL with ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
+
+
+def load_settings() -> Settings:
+    """Read :class:`Settings` from the environment; ConfigError lists every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"environment: ROUTER_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError("invalid ROUTER_* environment variables", problems) from None
 
 
 def load_config(path: Path) -> Configuration:
-    """Parse and validate the configuration file at ``path`` (placeholder: full checks pending)."""
-    return Configuration.from_xml(Path(path).read_bytes())
+    """Parse and check the configuration file at ``path``.
+
+    Refuses DTDs and entities, checks every element, value, reference, provider class, provider
+    ``<Parameters>`` and secret source, and raises :class:`~router.errors.ConfigError` whose
+    ``problems`` lists all of them as ``FILE:LINE: <Element>: what is wrong``.
+    """
+    from router.configcheck import check_file  # it needs the provider registry, which needs us
+
+    return check_file(Path(path))
