@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.servers.redis_server",
+    "tests.servers.dovecot",
 ]
