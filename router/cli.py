@@ -119,5 +119,27 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 REGISTRARS.append(_add_quarantine)
 
 
+# -- validate -----------------------------------------------------------------------------------
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check the configuration file and list its instances",
+        description="Check the configuration file: exit 0 and list the instances, or exit 2 "
+        "and print every problem as FILE:LINE: <Element>: what is wrong.",
+    )
+    _add_config_arg(p)
+    p.add_argument("path", nargs="?", metavar="PATH", help="configuration file (same as --config)")
+    p.set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from router.validate_cli import run
+
+    return run(args)
+
+
+REGISTRARS.append(_add_validate)
+
+
 if __name__ == "__main__":
     sys.exit(main())
