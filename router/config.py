@@ -31,6 +31,7 @@ from router.models import Direction
 Security = Literal["ssl", "starttls", "none"]
 AuthMode = Literal["password", "xoauth2", "none"]
 Policy = Literal["skip", "deliver", "quarantine"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Secret(BaseXmlModel, frozen=True):
@@ -69,6 +70,14 @@ class SystemConfiguration(BaseXmlModel, tag="SystemConfiguration", frozen=True):
     config_refresh_period: int = element(tag="ConfigRefreshPeriod", default=5000, ge=100)
     log_level: str = element(tag="LogLevel", default="INFO")
     state_store: str = element(tag="StateStore", default="sqlite:///email-router-state.db")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value in LOG_LEVELS:
+            return value
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
 
 
 class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
