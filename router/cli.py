@@ -141,5 +141,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
 REGISTRARS.append(_add_validate)
 
 
+# -- run / status ---------------------------------------------------------------------------------
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run every instance in this process (SQLite state, no Redis)")
+    _add_config_arg(p)
+    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (default: $ROUTER_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address for the metrics server (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for running cycles (default 30)",
+    )
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from router.runtime.standalone import main as run_main
+
+    return run_main(
+        args.config,
+        args.state,
+        duration=args.duration,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        shutdown_grace=args.shutdown_grace,
+    )
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show every instance: last poll, backlog, errors, lease")
+    _add_config_arg(p)
+    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from router.runtime.status import main as status_main
+
+    return status_main(args.config, args.state, as_json=args.json)
+
+
+REGISTRARS += [_add_run, _add_status]
+
+
 if __name__ == "__main__":
     sys.exit(main())
