@@ -44,6 +44,9 @@ from router.providers.tls import TlsOptions
 
 log = logging.getLogger(__name__)
 
+#: UIDs per ``FETCH (RFC822.SIZE)`` while listing (imapclient's FETCH takes explicit UIDs only).
+SIZE_CHUNK = 500
+
 
 class ImapOptions(TlsOptions):
     """``<Parameters>`` of the imap provider."""
@@ -156,7 +159,9 @@ class ImapProvider(IncomingProvider):
         uids = sorted(u for u in found if u > last)[:limit]  # "n:*" always matches the last
         if not uids:
             return []
-        sizes = self.client.fetch(uid_set(uids), ["RFC822.SIZE"])
+        sizes: dict[int, dict[bytes, Any]] = {}
+        for start in range(0, len(uids), SIZE_CHUNK):  # keeps each command line short
+            sizes.update(self.client.fetch(uids[start : start + SIZE_CHUNK], ["RFC822.SIZE"]))
         return [
             MessageRef(f"{validity}:{uid}", int(sizes[uid][b"RFC822.SIZE"]))
             for uid in uids
@@ -218,7 +223,7 @@ class ImapProvider(IncomingProvider):
     def _fetch_batch(self, batch: Sequence[MessageRef]) -> list[tuple[MessageRef, bytes]]:
         validity = self._select(readonly=True)
         uids = [self._uid_of(ref, validity) for ref in batch]
-        data: dict[int, dict[bytes, Any]] = self.client.fetch(uid_set(uids), ["BODY.PEEK[]"])
+        data: dict[int, dict[bytes, Any]] = self.client.fetch(uids, ["BODY.PEEK[]"])
         out = []
         for ref, uid in zip(batch, uids, strict=True):
             raw = data.get(uid, {}).get(b"BODY[]")

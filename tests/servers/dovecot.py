@@ -62,6 +62,12 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/users
 }}
+# any other user name logs in with PASSWORD: a fresh mailbox per test, no passwd-file
+# round trip (Dovecot re-reads the passwd-file at most once a second)
+passdb {{
+  driver = static
+  args = password={password}
+}}
 userdb {{
   driver = static
   args = uid=dovecot gid=dovecot home={root}/mail/%u
@@ -102,7 +108,7 @@ class Dovecot:
         (self.root / "users").write_text("")
         (self.root / "mail").mkdir()
         shutil.chown(self.root / "mail", "dovecot", "dovecot")
-        self.conf.write_text(CONFIG.format(root=self.root, **self.ports))
+        self.conf.write_text(CONFIG.format(root=self.root, password=PASSWORD, **self.ports))
         subprocess.run(["dovecot", "-c", str(self.conf)], check=True, timeout=30)
         if not wait_for(lambda: all(port_open(p) for p in self.ports.values()), 15):
             raise RuntimeError(f"dovecot did not start: {self.log_tail()}")
@@ -129,15 +135,24 @@ class Dovecot:
 
     # -- users and mailboxes -------------------------------------------------------------------
 
-    def add_user(self, name: str, password: str = PASSWORD) -> str:
-        """Add a user to the passwd-file (Dovecot re-reads it when it changes)."""
+    def add_user(self, name: str, password: str) -> str:
+        """Add a user with its own password to the passwd-file; return once Dovecot knows it."""
         with (self.root / "users").open("a") as users:
             users.write(f"{name}:{{PLAIN}}{password}\n")
+        if not wait_for(lambda: self._auth_ok(name, password), 5, 0.2):
+            raise RuntimeError(f"dovecot did not pick up user {name}")
         return name
 
+    def _auth_ok(self, name: str, password: str) -> bool:
+        try:
+            self.doveadm("auth", "test", name, password)
+        except RuntimeError:
+            return False
+        return True
+
     def new_user(self) -> str:
-        """A user no other test uses, password :data:`PASSWORD`."""
-        return self.add_user(f"u{uuid.uuid4().hex[:10]}@example.com")
+        """A user no other test uses, password :data:`PASSWORD` (no passwd-file entry needed)."""
+        return f"u{uuid.uuid4().hex[:10]}@example.com"
 
     @contextlib.contextmanager
     def imap(self, user: str, password: str = PASSWORD) -> Iterator[IMAPClient]:
