@@ -1,0 +1,325 @@
+"""Redis state store: the backend of the distributed (Celery) runtime.
+
+Features:
+    * one round trip per operation: every multi-step update is a Lua script (atomic, and a
+      compare-and-set where it checks something), reads that need several keys are pipelined;
+    * leases are ``SET PX`` keys holding ``"<token>:<holder>"``; the fencing token comes from
+      ``INCR`` on a counter that outlives the lease, so it only grows; cursor and provider-state
+      writes compare the lease value inside the same script;
+    * the key schema lives in :mod:`router.state.keys`, ledger records in
+      :mod:`router.state.records`; no ``KEYS`` command, cleanup tools use ``SCAN``.
+
+Connection string:
+    ``redis://[:password@]host:6379/0``, ``rediss://...`` (TLS), ``unix:///path/redis.sock``;
+    redis-py query options such as ``?socket_timeout=2`` apply.
+
+Errors:
+    ``ConnectionError``/``TimeoutError`` of redis-py (after its own short retries) become
+    :class:`~router.errors.StateUnavailable`. A stored value that does not decode raises
+    :class:`~router.errors.StateCorrupt` for that entry only; :meth:`RedisStore.list_entries` and
+    :meth:`RedisStore.count_entries` skip damaged entries and log a warning naming them.
+
+Not for Redis Cluster: the scripts build raw-message keys from the ledger key.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from router.errors import LeaseLost, StateCorrupt, StateUnavailable
+from router.models import LedgerEntry, LedgerState
+from router.state import redis_lua as lua
+from router.state.base import InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
+from router.state.keys import Keys
+from router.state.records import build_record, dumps, loads, parse_record, patch_pairs
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: How long a Message-ID stays findable for bounce matching (bounces come back within days).
+MSGID_TTL = 60 * 86400
+
+
+def _guarded(method: Callable[P, T]) -> Callable[P, T]:
+    """Turn redis-py connection failures into StateUnavailable (the runtimes retry those)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StateUnavailable(f"Redis state store unreachable: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+def _states(states: Iterable[LedgerState] | None) -> str:
+    """``",a,b,"`` for the scripts; "" means "any state"."""
+    return "" if states is None else "," + ",".join(LedgerState(s).value for s in states) + ","
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore(StateStore):
+    """State store on a Redis server; use it whenever more than one process or machine works."""
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "er", clock: Callable[[], float] = time.time
+    ) -> None:
+        self._r = client
+        self.keys = Keys(prefix)
+        self._clock = clock
+        self._acquire = client.register_script(lua.ACQUIRE)
+        self._renew = client.register_script(lua.RENEW)
+        self._release = client.register_script(lua.RELEASE)
+        self._fenced_set = client.register_script(lua.FENCED_SET)
+        self._create = client.register_script(lua.CREATE)
+        self._transition = client.register_script(lua.TRANSITION)
+        self._list = client.register_script(lua.LIST)
+        self._count = client.register_script(lua.COUNT)
+        self._purge = client.register_script(lua.PURGE)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "er", **options: Any) -> RedisStore:
+        """Open a pooled client for ``url``; ``options`` go to redis-py's connection pool."""
+        options.setdefault("socket_timeout", 10.0)
+        options.setdefault("socket_connect_timeout", 5.0)
+        options.setdefault("health_check_interval", 30)
+        options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+        pool = redis.ConnectionPool.from_url(url, **options)
+        return cls(redis.Redis(connection_pool=pool), prefix=prefix)
+
+    def __repr__(self) -> str:  # never show the URL: it may carry a password
+        return f"RedisStore(prefix={self.keys.prefix!r})"
+
+    @_guarded
+    def ping(self) -> None:
+        self._r.ping()
+
+    def close(self) -> None:
+        self._r.close()
+        self._r.connection_pool.disconnect()
+
+    # -- leases ---------------------------------------------------------------------------------
+    @staticmethod
+    def _lease_value(lease: Lease) -> str:
+        return f"{lease.token}:{lease.holder}"
+
+    @_guarded
+    def acquire_lease(self, instance: str, holder: str, ttl: float) -> Lease | None:
+        k = self.keys
+        keys = [k.lease(instance), k.token(instance), k.instances()]
+        token = self._acquire(keys=keys, args=[holder, _ms(ttl), instance])
+        if token is None:
+            return None
+        return Lease(instance, holder, int(token), self._clock() + ttl)
+
+    @_guarded
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        keys = [self.keys.lease(lease.instance)]
+        if not self._renew(keys=keys, args=[self._lease_value(lease), _ms(ttl)]):
+            return None
+        return Lease(lease.instance, lease.holder, lease.token, self._clock() + ttl)
+
+    @_guarded
+    def release_lease(self, lease: Lease) -> None:
+        self._release(keys=[self.keys.lease(lease.instance)], args=[self._lease_value(lease)])
+
+    @_guarded
+    def get_lease(self, instance: str) -> LeaseInfo | None:
+        key = self.keys.lease(instance)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.get(key)
+        pipe.pttl(key)
+        value, pttl = pipe.execute()
+        if value is None or pttl < 0:
+            return None
+        token, holder = _text(value).split(":", 1)
+        return LeaseInfo(holder, int(token), self._clock() + pttl / 1000)
+
+    # -- cursor and provider state --------------------------------------------------------------
+    def _fenced(self, lease: Lease, target: str, value: JsonDict) -> None:
+        keys = [self.keys.lease(lease.instance), target, self.keys.instances()]
+        args = [self._lease_value(lease), dumps(value), lease.instance]
+        if not self._fenced_set(keys=keys, args=args):
+            raise LeaseLost(f"lease of {lease.instance} (token {lease.token}) is no longer held")
+
+    def _get_json(self, key: str, what: str) -> Any:
+        raw = self._r.get(key)
+        return None if raw is None else loads(raw, what)
+
+    @_guarded
+    def get_cursor(self, instance: str) -> JsonDict | None:
+        cursor: JsonDict | None = self._get_json(
+            self.keys.cursor(instance), f"cursor of {instance}"
+        )
+        return cursor
+
+    @_guarded
+    def set_cursor(self, lease: Lease, cursor: JsonDict) -> None:
+        self._fenced(lease, self.keys.cursor(lease.instance), cursor)
+
+    @_guarded
+    def get_provider_state(self, instance: str) -> JsonDict:
+        what = f"provider state of {instance}"
+        state: JsonDict | None = self._get_json(self.keys.pstate(instance), what)
+        return state if state is not None else {}
+
+    @_guarded
+    def set_provider_state(self, lease: Lease, state: JsonDict) -> None:
+        self._fenced(lease, self.keys.pstate(lease.instance), state)
+
+    @_guarded
+    def reset_instance(self, instance: str) -> None:
+        self._r.delete(self.keys.cursor(instance), self.keys.pstate(instance))
+
+    # -- counters -------------------------------------------------------------------------------
+    @_guarded
+    def record_poll(self, instance: str, *, processed: int = 0, error: str | None = None) -> None:
+        now, key = repr(self._clock()), self.keys.stats(instance)
+        stamps = ["lp", now, "ls", now] if error is None else ["lp", now, "le", error, "lea", now]
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hincrby(key, "p", processed)
+        pipe.hset(key, items=stamps)
+        pipe.sadd(self.keys.instances(), instance)
+        pipe.execute()
+
+    @_guarded
+    def get_stats(self, instance: str) -> InstanceStats:
+        values = self._r.hmget(self.keys.stats(instance), ["p", "lp", "ls", "le", "lea"])
+        p, lp, ls, le, lea = (None if v is None else _text(v) for v in values)
+        try:
+            return InstanceStats(
+                processed=int(p or 0),
+                last_poll=float(lp) if lp else None,
+                last_success=float(ls) if ls else None,
+                last_error=le,
+                last_error_at=float(lea) if lea else None,
+            )
+        except ValueError:
+            raise StateCorrupt(f"counters of {instance}: stored value is damaged") from None
+
+    # -- ledger ---------------------------------------------------------------------------------
+    def _create_entry(self, instance: str, key: str, record: str, raw: bytes | None) -> bool:
+        k = self.keys
+        keys = [k.ledger(instance), k.order(instance), k.raw(instance, key), k.instances()]
+        args: list[Any] = [key, record, instance, "0" if raw is None else "1", raw or b""]
+        return bool(self._create(keys=keys, args=args))
+
+    @_guarded
+    def stage(self, instance: str, key: str, raw: bytes, *, message_id: str | None = None) -> bool:
+        pairs = patch_pairs(LedgerState.STAGED, self._clock(), {"message_id": message_id})
+        return self._create_entry(instance, key, build_record(pairs), bytes(raw))
+
+    @_guarded
+    def create_entry(
+        self, instance: str, key: str, state: LedgerState, **fields: Any
+    ) -> LedgerEntry | None:
+        record = build_record(patch_pairs(state, self._clock(), fields))
+        if not self._create_entry(instance, key, record, None):
+            return None
+        return parse_record(instance, key, record)
+
+    @_guarded
+    def get_entry(self, instance: str, key: str) -> LedgerEntry | None:
+        record = self._r.hget(self.keys.ledger(instance), key)
+        return None if record is None else parse_record(instance, key, record)
+
+    @_guarded
+    def transition(
+        self,
+        instance: str,
+        key: str,
+        expect: Iterable[LedgerState],
+        to: LedgerState,
+        **fields: Any,
+    ) -> LedgerEntry | None:
+        args = [key, _states(expect), *patch_pairs(to, self._clock(), fields)]
+        result = self._transition(keys=[self.keys.ledger(instance)], args=args)
+        if result is None:
+            return None
+        if result == -1:
+            raise StateCorrupt(f"ledger entry {instance}/{key}: stored value is damaged")
+        return parse_record(instance, key, result)
+
+    @_guarded
+    def list_entries(
+        self,
+        instance: str,
+        states: Iterable[LedgerState] | None = None,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        """Entries in creation order; a damaged entry is skipped and logged (see get_entry)."""
+        keys = [self.keys.ledger(instance), self.keys.order(instance)]
+        flat = self._list(keys=keys, args=[_states(states), limit or 0])
+        entries = []
+        for raw_key, record in zip(flat[::2], flat[1::2], strict=True):
+            key = _text(raw_key)
+            try:
+                entries.append(parse_record(instance, key, record))
+            except StateCorrupt:
+                log.warning("state: skipped damaged ledger entry %s/%s", instance, key)
+        return entries[:limit] if limit else entries
+
+    @_guarded
+    def count_entries(self, instance: str) -> dict[LedgerState, int]:
+        flat = self._count(keys=[self.keys.ledger(instance)])
+        counts = {_text(s): int(n) for s, n in zip(flat[::2], flat[1::2], strict=True)}
+        damaged = counts.pop("?", 0)
+        if damaged:
+            log.warning("state: %d damaged ledger entries of %s not counted", damaged, instance)
+        return {LedgerState(s): n for s, n in counts.items()}
+
+    @_guarded
+    def get_raw(self, instance: str, key: str) -> bytes | None:
+        raw = self._r.get(self.keys.raw(instance, key))
+        return None if raw is None else bytes(raw)  # type: ignore[arg-type]
+
+    @_guarded
+    def drop_raw(self, instance: str, key: str) -> None:
+        self._r.delete(self.keys.raw(instance, key))
+
+    @_guarded
+    def delete_entry(self, instance: str, key: str) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hdel(self.keys.ledger(instance), key)
+        pipe.zrem(self.keys.order(instance), key)
+        pipe.delete(self.keys.raw(instance, key))
+        pipe.execute()
+
+    # -- Message-ID index -----------------------------------------------------------------------
+    @_guarded
+    def index_message_id(self, message_id: str, instance: str, key: str) -> None:
+        self._r.set(self.keys.msgid(message_id), dumps([instance, key]), ex=MSGID_TTL)
+
+    @_guarded
+    def lookup_message_id(self, message_id: str) -> tuple[str, str] | None:
+        found = self._get_json(self.keys.msgid(message_id), f"Message-ID index {message_id}")
+        return None if found is None else (str(found[0]), str(found[1]))
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    @_guarded
+    def instances(self) -> list[str]:
+        return sorted(_text(m) for m in self._r.smembers(self.keys.instances()))
+
+    @_guarded
+    def purge(self, instance: str, states: Iterable[LedgerState], older_than: float) -> int:
+        keys = [self.keys.ledger(instance), self.keys.order(instance)]
+        args = [_states(states), repr(float(older_than)), self.keys.raw_prefix(instance)]
+        return int(self._purge(keys=keys, args=args))

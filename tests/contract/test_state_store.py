@@ -1,0 +1,389 @@
+"""The StateStore contract, run against every backend: memory, SQLite and a real Redis.
+
+:class:`StateStoreContract` holds every test; each backend subclass only says how to open a store
+and how to damage one stored entry on purpose.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.errors import LeaseLost, StateCorrupt
+from router.models import LedgerState
+from router.state.base import StateStore
+from router.state.memory import MemoryStore
+from router.state.sqlite import SqliteStore
+from tests.contract.state_helpers import delete_prefix, redis_client
+
+S = LedgerState
+INST = "imap:sales@example.com"  # a ':' in the name on purpose
+
+
+class StateStoreContract:
+    """Every behaviour a state-store backend must have; subclass once per backend."""
+
+    #: Subclasses provide a ``store`` fixture; False skips the damaged-entry test.
+    supports_corruption = True
+
+    def corrupt(self, store: StateStore, instance: str, key: str) -> None:
+        """Overwrite the stored ledger entry ``key`` with garbage (invalid JSON, no state)."""
+        raise NotImplementedError
+
+    # -- leases ---------------------------------------------------------------------------------
+    def test_two_holders_cannot_take_one_lease(self, store: StateStore) -> None:
+        first = store.acquire_lease(INST, "worker-a", 30)
+        assert first is not None
+        assert store.acquire_lease(INST, "worker-b", 30) is None
+        info = store.get_lease(INST)
+        assert info is not None and (info.holder, info.token) == ("worker-a", first.token)
+
+    def test_leases_of_different_instances_are_independent(self, store: StateStore) -> None:
+        assert store.acquire_lease("one", "a", 30) is not None
+        assert store.acquire_lease("two", "b", 30) is not None
+
+    def test_expired_lease_can_be_taken_and_gets_a_larger_token(self, store: StateStore) -> None:
+        old = store.acquire_lease(INST, "stalled", 0.15)
+        assert old is not None
+        time.sleep(0.3)
+        assert store.get_lease(INST) is None
+        new = store.acquire_lease(INST, "fresh", 30)
+        assert new is not None and new.token > old.token
+
+    def test_released_lease_can_be_taken_again_with_a_larger_token(self, store: StateStore) -> None:
+        first = store.acquire_lease(INST, "a", 30)
+        assert first is not None
+        store.release_lease(first)
+        assert store.get_lease(INST) is None
+        second = store.acquire_lease(INST, "b", 30)
+        assert second is not None and second.token > first.token
+
+    def test_release_by_a_non_holder_does_nothing(self, store: StateStore) -> None:
+        stale = store.acquire_lease(INST, "stalled", 0.15)
+        assert stale is not None
+        time.sleep(0.3)
+        current = store.acquire_lease(INST, "fresh", 30)
+        assert current is not None
+        store.release_lease(stale)
+        info = store.get_lease(INST)
+        assert info is not None and info.token == current.token
+
+    def test_renew_extends_a_held_lease_and_fails_once_lost(self, store: StateStore) -> None:
+        lease = store.acquire_lease(INST, "a", 0.3)
+        assert lease is not None
+        renewed = store.renew_lease(lease, 30)
+        assert renewed is not None and renewed.token == lease.token
+        time.sleep(0.4)
+        assert store.get_lease(INST) is not None  # the renewal outlived the first ttl
+        store.release_lease(renewed)
+        assert store.renew_lease(renewed, 30) is None
+
+    # -- fenced cursor and provider state -------------------------------------------------------
+    def test_cursor_round_trips_exactly(self, store: StateStore) -> None:
+        lease = store.acquire_lease(INST, "a", 30)
+        assert lease is not None and store.get_cursor(INST) is None
+        cursor = {"uidvalidity": 7, "uid": 12345678901234567, "at": 1764316000.123456, "l": []}
+        store.set_cursor(lease, cursor)
+        assert store.get_cursor(INST) == cursor
+
+    def test_writer_with_a_stale_lease_cannot_move_the_cursor(self, store: StateStore) -> None:
+        stale = self._take_over(store)
+        with pytest.raises(LeaseLost):
+            store.set_cursor(stale, {"uid": 1})
+        assert store.get_cursor(INST) == {"uid": 99}
+
+    def test_writer_with_a_stale_lease_cannot_set_provider_state(self, store: StateStore) -> None:
+        stale = self._take_over(store)
+        with pytest.raises(LeaseLost):
+            store.set_provider_state(stale, {"seen": ["x"]})
+        assert store.get_provider_state(INST) == {"seen": ["new"]}
+
+    def test_writer_without_any_lease_cannot_write(self, store: StateStore) -> None:
+        lease = store.acquire_lease(INST, "a", 30)
+        assert lease is not None
+        store.release_lease(lease)
+        with pytest.raises(LeaseLost):
+            store.set_cursor(lease, {"uid": 1})
+
+    def _take_over(self, store: StateStore) -> Any:
+        """A stalled worker's lease expires and another worker writes newer state."""
+        stale = store.acquire_lease(INST, "stalled", 0.15)
+        assert stale is not None
+        store.set_cursor(stale, {"uid": 5})
+        time.sleep(0.3)
+        fresh = store.acquire_lease(INST, "fresh", 30)
+        assert fresh is not None
+        store.set_cursor(fresh, {"uid": 99})
+        store.set_provider_state(fresh, {"seen": ["new"]})
+        return stale
+
+    def test_reset_instance_forgets_cursor_and_provider_state_but_not_the_ledger(
+        self, store: StateStore
+    ) -> None:
+        lease = store.acquire_lease(INST, "a", 30)
+        assert lease is not None
+        store.set_cursor(lease, {"uid": 3})
+        store.set_provider_state(lease, {"k": 1})
+        store.stage(INST, "m1", b"x")
+        store.reset_instance(INST)
+        assert store.get_cursor(INST) is None
+        assert store.get_provider_state(INST) == {}
+        assert store.get_entry(INST, "m1") is not None
+
+    # -- ledger ---------------------------------------------------------------------------------
+    def test_stage_is_idempotent_and_keeps_the_first_bytes(self, store: StateStore) -> None:
+        assert store.stage(INST, "1:10", b"first", message_id="<a@x>") is True
+        assert store.stage(INST, "1:10", b"second") is False
+        assert store.get_raw(INST, "1:10") == b"first"
+        entry = store.get_entry(INST, "1:10")
+        assert entry is not None
+        assert (entry.state, entry.message_id) == (S.STAGED, "<a@x>")
+
+    def test_stage_keeps_binary_bytes_exactly(self, store: StateStore) -> None:
+        raw = bytes(range(256)) * 4
+        store.stage(INST, "bin", raw)
+        assert store.get_raw(INST, "bin") == raw
+
+    def test_create_entry_claims_once(self, store: StateStore) -> None:
+        claimed = store.create_entry(INST, "email-1", S.CLAIMED, attempts=1)
+        assert claimed is not None and claimed.attempts == 1
+        assert store.create_entry(INST, "email-1", S.CLAIMED) is None
+        assert store.get_raw(INST, "email-1") is None
+
+    def test_transition_moves_from_an_expected_state(self, store: StateStore) -> None:
+        store.stage(INST, "k", b"x", message_id="<m@x>")
+        moved = store.transition(INST, "k", [S.STAGED], S.DELIVERED, activity_id="act-1")
+        assert moved is not None
+        assert (moved.state, moved.activity_id, moved.message_id) == (
+            S.DELIVERED,
+            "act-1",
+            "<m@x>",
+        )
+        assert store.get_entry(INST, "k") == moved
+
+    def test_transition_from_a_wrong_state_changes_nothing(self, store: StateStore) -> None:
+        store.stage(INST, "k", b"x")
+        before = store.get_entry(INST, "k")
+        assert store.transition(INST, "k", [S.DELIVERED, S.DONE], S.DONE, reason="no") is None
+        assert store.get_entry(INST, "k") == before
+
+    def test_transition_of_a_missing_entry_returns_none(self, store: StateStore) -> None:
+        assert store.transition(INST, "nope", [S.STAGED], S.DONE) is None
+        assert store.get_entry(INST, "nope") is None
+
+    def test_transition_merges_extra_and_clears_fields_set_to_none(self, store: StateStore) -> None:
+        store.create_entry(INST, "k", S.CLAIMED, reason="why", extra={"a": [1], "b": {}})
+        moved = store.transition(
+            INST, "k", [S.CLAIMED], S.RETRY, reason=None, attempts=2, extra={"b": [], "c": 0.5}
+        )
+        assert moved is not None
+        assert (moved.reason, moved.attempts) == (None, 2)
+        assert moved.extra == {"a": [1], "b": [], "c": 0.5}
+        assert store.get_entry(INST, "k") == moved
+
+    def test_transition_stamps_updated_at(self, store: StateStore) -> None:
+        store.stage(INST, "k", b"x")
+        before = store.get_entry(INST, "k")
+        time.sleep(0.01)
+        moved = store.transition(INST, "k", [S.STAGED], S.DELIVERED)
+        assert before is not None and moved is not None
+        assert moved.updated_at > before.updated_at
+
+    def test_concurrent_transitions_have_exactly_one_winner(self, store: StateStore) -> None:
+        store.stage(INST, "race", b"x")
+        barrier = threading.Barrier(8)
+        results: list[object] = []
+
+        def contender(n: int) -> None:
+            barrier.wait(5)
+            results.append(
+                store.transition(INST, "race", [S.STAGED], S.DELIVERED, activity_id=f"a{n}")
+            )
+
+        threads = [threading.Thread(target=contender, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        winners = [r for r in results if r is not None]
+        assert len(results) == 8 and len(winners) == 1
+        assert store.get_entry(INST, "race") == winners[0]
+
+    def test_list_entries_keeps_creation_order_and_filters_by_state(
+        self, store: StateStore
+    ) -> None:
+        keys = ["z", "a", "m:1", "b", "c"]
+        for key in keys:
+            store.stage(INST, key, b"x")
+        store.transition(INST, "a", [S.STAGED], S.DELIVERED)
+        store.transition(INST, "b", [S.STAGED], S.QUARANTINED, reason="bad")
+        assert [e.key for e in store.list_entries(INST)] == keys
+        staged = store.list_entries(INST, [S.STAGED])
+        assert [e.key for e in staged] == ["z", "m:1", "c"]
+        done_or_q = store.list_entries(INST, [S.DELIVERED, S.QUARANTINED])
+        assert [e.key for e in done_or_q] == ["a", "b"]
+        assert [e.key for e in store.list_entries(INST, [S.STAGED], limit=2)] == ["z", "m:1"]
+        assert [e.key for e in store.list_entries(INST, limit=1)] == ["z"]
+        assert store.list_entries(INST, []) == []
+
+    def test_creation_order_survives_deleting_the_newest_entry(self, store: StateStore) -> None:
+        for key in ["a", "b", "c"]:
+            store.stage(INST, key, b"x")
+        store.delete_entry(INST, "c")
+        store.stage(INST, "d", b"x")
+        assert [e.key for e in store.list_entries(INST)] == ["a", "b", "d"]
+
+    def test_count_entries_counts_per_state(self, store: StateStore) -> None:
+        assert store.count_entries(INST) == {}
+        for key in ["a", "b", "c"]:
+            store.stage(INST, key, b"x")
+        store.transition(INST, "a", [S.STAGED], S.DONE)
+        assert store.count_entries(INST) == {S.STAGED: 2, S.DONE: 1}
+
+    def test_drop_raw_keeps_the_entry(self, store: StateStore) -> None:
+        store.stage(INST, "k", b"bytes")
+        store.drop_raw(INST, "k")
+        assert store.get_raw(INST, "k") is None
+        assert store.get_entry(INST, "k") is not None
+        assert store.stage(INST, "k", b"again") is False
+
+    def test_delete_entry_removes_entry_and_bytes(self, store: StateStore) -> None:
+        store.stage(INST, "k", b"bytes")
+        store.delete_entry(INST, "k")
+        assert store.get_entry(INST, "k") is None
+        assert store.get_raw(INST, "k") is None
+        assert store.list_entries(INST) == []
+        assert store.stage(INST, "k", b"new") is True
+
+    def test_instances_keep_their_ledgers_apart(self, store: StateStore) -> None:
+        store.stage("a", "k", b"from a")
+        store.stage("a:k", "x", b"colon")
+        assert store.stage("b", "k", b"from b") is True
+        assert store.get_raw("a", "k") == b"from a"
+        assert [e.key for e in store.list_entries("a")] == ["k"]
+        assert [e.key for e in store.list_entries("a:k")] == ["x"]
+
+    # -- Message-ID index, counters, housekeeping -----------------------------------------------
+    def test_message_id_index_finds_the_sending_entry(self, store: StateStore) -> None:
+        assert store.lookup_message_id("<x@y>") is None
+        store.index_message_id("<x@y>", "smtp:out", "email-7")
+        assert store.lookup_message_id("<x@y>") == ("smtp:out", "email-7")
+
+    def test_record_poll_counts_and_stamps(self, store: StateStore) -> None:
+        assert store.get_stats(INST).processed == 0
+        store.record_poll(INST, processed=3)
+        ok = store.get_stats(INST)
+        assert ok.processed == 3 and ok.last_success is not None and ok.last_error is None
+        store.record_poll(INST, processed=2, error="ProviderUnavailable: timeout")
+        failed = store.get_stats(INST)
+        assert failed.processed == 5
+        assert failed.last_error == "ProviderUnavailable: timeout"
+        assert failed.last_error_at is not None and failed.last_poll == failed.last_error_at
+        assert failed.last_success == ok.last_success
+
+    def test_instances_lists_everything_the_store_holds(self, store: StateStore) -> None:
+        store.stage("ledger-only", "k", b"x")
+        store.record_poll("stats-only")
+        assert store.acquire_lease("lease-only", "a", 30) is not None
+        assert {"ledger-only", "stats-only", "lease-only"} <= set(store.instances())
+        assert store.instances() == sorted(store.instances())
+
+    def test_purge_deletes_old_entries_in_the_given_states_only(self, store: StateStore) -> None:
+        for key in ["done", "staged", "quarantined"]:
+            store.stage(INST, key, b"x")
+        store.transition(INST, "done", [S.STAGED], S.DONE)
+        store.transition(INST, "quarantined", [S.STAGED], S.QUARANTINED)
+        assert store.purge(INST, [S.DONE, S.QUARANTINED], time.time() - 3600) == 0
+        assert store.purge(INST, [S.DONE], time.time() + 1) == 1
+        assert store.get_entry(INST, "done") is None
+        assert store.get_raw(INST, "done") is None
+        assert [e.key for e in store.list_entries(INST)] == ["staged", "quarantined"]
+
+    def test_ping_succeeds_on_a_reachable_store(self, store: StateStore) -> None:
+        store.ping()
+
+    # -- damaged entries ------------------------------------------------------------------------
+    def test_damaged_entry_is_isolated(self, store: StateStore) -> None:
+        if not self.supports_corruption:
+            pytest.skip("this backend stores objects, nothing can be damaged")
+        for key in ["a", "bad", "c"]:
+            store.stage(INST, key, b"x")
+        self.corrupt(store, INST, "bad")
+        with pytest.raises(StateCorrupt) as info:
+            store.get_entry(INST, "bad")
+        assert "bad" in str(info.value)
+        with pytest.raises(StateCorrupt):
+            store.transition(INST, "bad", [S.STAGED], S.DELIVERED)
+        assert [e.key for e in store.list_entries(INST)] == ["a", "c"]
+        assert [e.key for e in store.list_entries(INST, [S.STAGED], limit=2)] == ["a", "c"]
+        assert store.count_entries(INST) == {S.STAGED: 2}
+        assert store.transition(INST, "c", [S.STAGED], S.DELIVERED) is not None
+        store.delete_entry(INST, "bad")
+        assert store.get_entry(INST, "bad") is None
+
+
+class TestMemoryStore(StateStoreContract):
+    supports_corruption = False
+
+    @pytest.fixture
+    def store(self) -> Iterator[StateStore]:
+        yield MemoryStore()
+
+
+class TestSqliteStore(StateStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[StateStore]:
+        store = SqliteStore(tmp_path / "state.db")
+        yield store
+        store.close()
+
+    def corrupt(self, store: StateStore, instance: str, key: str) -> None:
+        assert isinstance(store, SqliteStore)
+        store._conn().execute(
+            "UPDATE ledger SET state = 'st?ged', data = '{\"m\": broken'"
+            " WHERE instance = ? AND key = ?",
+            (instance, key),
+        )
+
+
+@pytest.mark.redis
+class TestRedisStore(StateStoreContract):
+    @pytest.fixture
+    def store(self, redis_url: str) -> Iterator[StateStore]:
+        from router.state.redis import RedisStore
+
+        prefix = f"test-{uuid.uuid4().hex[:12]}"
+        store = RedisStore.from_url(redis_url, prefix=prefix)
+        yield store
+        store.close()
+        delete_prefix(redis_url, store.keys)
+
+    def corrupt(self, store: StateStore, instance: str, key: str) -> None:
+        from router.state.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        store._r.hset(store.keys.ledger(instance), key, '{"s": broken')
+
+    def test_idle_instance_uses_little_redis_memory(
+        self, store: StateStore, redis_url: str
+    ) -> None:
+        from router.state.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        lease = store.acquire_lease(INST, "host:1234:5678", 30)
+        assert lease is not None
+        store.set_cursor(lease, {"uidvalidity": 1700000000, "uid": 123456})
+        store.set_provider_state(lease, {"uidnext": 123457})
+        store.record_poll(INST, processed=10)
+        store.release_lease(lease)
+        client = redis_client(redis_url)
+        used = sum(
+            int(client.memory_usage(key) or 0) for key in client.scan_iter(store.keys.pattern())
+        )
+        assert 0 < used < 2048
