@@ -41,6 +41,7 @@ from typing import Any
 from router import metrics
 from router.config import Configuration, Deployment, ProviderConfiguration, Settings, load_config
 from router.errors import ConfigError, RouterError, StopError
+from router.logsetup import configure_logging, log_context
 from router.models import Direction
 from router.service import Context
 from router.state.base import Lease, StateStore
@@ -82,6 +83,11 @@ def run_cycle(ctx: Context, cfg: ProviderConfiguration) -> object:
 
 def execute(ctx: Context, cfg: ProviderConfiguration) -> RunResult:
     """Run one cycle and turn every outcome into a :class:`RunResult` (never raises)."""
+    with log_context(instance=cfg.name):
+        return _execute(ctx, cfg)
+
+
+def _execute(ctx: Context, cfg: ProviderConfiguration) -> RunResult:
     result, started = RunResult(cfg.name), time.monotonic()
     before = _last_error_at(ctx.store, cfg.name)
     try:
@@ -460,35 +466,6 @@ def open_runtime(
     return StandaloneRuntime(path, store, config, settings, shutdown_grace=shutdown_grace)
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Log to stderr at ``level`` (``LogLevel``), as text or one JSON object per line."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per record (``ROUTER_LOG_FORMAT=json``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        doc = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
 def main(
     config_path: str | None,
     state_url: str | None,
@@ -501,7 +478,7 @@ def main(
     """``email-router run``: returns the exit code (exits hard if a cycle is stuck)."""
     settings = Settings()
     runtime = open_runtime(config_path, state_url, settings=settings, shutdown_grace=shutdown_grace)
-    setup_logging(runtime.config.system.log_level, settings.log_format)
+    configure_logging(settings.log_level or runtime.config.system.log_level, settings.log_format)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port is not None:
         metrics.start_metrics_server(port, metrics_addr)

@@ -1,0 +1,380 @@
+"""The single-process scheduler (``email-router run``) with fakes: fast, same process.
+
+Most tests replace the cycle itself (``standalone.run_cycle``) with a recorder and drive the
+scheduler with a fake clock, one ``tick()`` at a time; the last ones run real cycles of the memory
+provider into a MemoryCrm through ``run()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import wait
+from pathlib import Path
+
+import pytest
+
+from router.config import ProviderConfiguration
+from router.errors import ProviderAuthError, ProviderUnavailable
+from router.models import LedgerState
+from router.providers import memory as memprov
+from router.runtime import standalone
+from router.runtime.standalone import StandaloneRuntime, progress_line
+from router.service import MEMORY_CRMS, Context
+from router.state.memory import MemoryStore
+from tests.unit.test_incoming_cycle import make_message
+
+
+# -- helpers --------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def instance_xml(name: str, *, period: int = 1000, enabled: bool = True, box: str = "") -> str:
+    return f"""
+  <ProviderConfiguration Name="{name}">
+    <ProviderClass>memory</ProviderClass>
+    <Direction>Incoming</Direction>
+    <Deployment>crm</Deployment>
+    <EmailAddress>{box or name}@example.com</EmailAddress>
+    <PollingPeriod>{period}</PollingPeriod>
+    <Enabled>{"true" if enabled else "false"}</Enabled>
+  </ProviderConfiguration>"""
+
+
+def config_xml(*instances: str, threads: int = 10, crm: str = "crm", refresh: int = 1000) -> str:
+    return f"""<?xml version="1.0"?>
+<Configuration>
+  <SystemConfiguration>
+    <MaxThreads>{threads}</MaxThreads>
+    <MaxThreadExecution>5000</MaxThreadExecution>
+    <SchedulingPeriod>50</SchedulingPeriod>
+    <ConfigRefreshPeriod>{refresh}</ConfigRefreshPeriod>
+    <StateStore>memory://</StateStore>
+  </SystemConfiguration>
+  <Deployment Name="crm">
+    <Adapter>memory</Adapter>
+    <CrmServerUrl>https://{crm}.example</CrmServerUrl>
+  </Deployment>{"".join(instances)}
+</Configuration>
+"""
+
+
+class Recorder:
+    """Stands in for ``run_cycle``: counts calls, tracks concurrency, can block or raise."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.running: Counter[str] = Counter()
+        self.max_running: Counter[str] = Counter()
+        self.max_total = 0
+        self.gate: dict[str, threading.Event] = {}
+        self.errors: dict[str, Exception] = {}
+        self.sleep = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, ctx: Context, cfg: ProviderConfiguration) -> object:
+        name = cfg.name
+        with self._lock:
+            self.calls[name] += 1
+            self.running[name] += 1
+            self.max_running[name] = max(self.max_running[name], self.running[name])
+            self.max_total = max(self.max_total, sum(self.running.values()))
+        try:
+            if name in self.gate:
+                assert self.gate[name].wait(10)
+            time.sleep(self.sleep)
+            if name in self.errors:
+                raise self.errors[name]
+            return None
+        finally:
+            with self._lock:
+                self.running[name] -= 1
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    monkeypatch.setattr(standalone, "run_cycle", rec)
+    return rec
+
+
+@pytest.fixture
+def make_runtime(tmp_path: Path) -> Iterator[Callable[..., StandaloneRuntime]]:
+    made: list[StandaloneRuntime] = []
+
+    def make(xml: str, clock: Callable[[], float] = time.monotonic) -> StandaloneRuntime:
+        path = tmp_path / "router.xml"
+        path.write_text(xml)
+        config = standalone.load_config(path)
+        runtime = StandaloneRuntime(path, MemoryStore(), config, clock=clock, shutdown_grace=5)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.shutdown()
+
+
+def settle(runtime: StandaloneRuntime) -> None:
+    """Wait until every cycle started so far has returned."""
+    futures = [s.future for s in runtime.slots.values() if s.future is not None]
+    wait(futures, timeout=10)
+
+
+def advance(runtime: StandaloneRuntime, clock: FakeClock, seconds: float, step: float) -> None:
+    for _ in range(round(seconds / step)):
+        clock.now += step
+        runtime.tick()
+        settle(runtime)
+
+
+# -- scheduling -----------------------------------------------------------------------------------
+def test_each_instance_runs_at_its_own_polling_period(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    # Given a fast (1 s) and a slow (3 s) instance
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("fast"), instance_xml("slow", period=3000)), clock)
+    # When 6 seconds pass in half-second scheduling steps
+    rt.tick()
+    settle(rt)
+    advance(rt, clock, 6.0, 0.5)
+    # Then each ran at t=0 and then once per period
+    assert recorder.calls == {"fast": 7, "slow": 3}
+
+
+def test_disabled_instances_never_run(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("on"), instance_xml("off", enabled=False)), clock)
+    rt.tick()
+    advance(rt, clock, 3.0, 0.5)
+    assert recorder.calls["off"] == 0
+    assert recorder.calls["on"] == 4
+
+
+def test_a_running_instance_is_not_started_again_until_its_cycle_returns(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    # Given an instance whose cycle blocks
+    clock = FakeClock()
+    recorder.gate["box"] = threading.Event()
+    rt = make_runtime(config_xml(instance_xml("box", period=100)), clock)
+    # When many polling periods pass while it is still running
+    for _ in range(20):
+        clock.now += 0.5
+        rt.tick()
+    # Then it was started once only
+    assert recorder.calls["box"] == 1
+    # And once it returns, the next tick starts it again
+    recorder.gate["box"].set()
+    settle(rt)
+    clock.now += 0.5
+    rt.tick()
+    settle(rt)
+    assert recorder.calls["box"] == 2
+    assert recorder.max_running["box"] == 1
+
+
+def test_max_threads_bounds_how_many_instances_run_at_once(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    clock = FakeClock()
+    gate = threading.Event()
+    names = [f"i{n}" for n in range(5)]
+    recorder.gate.update({n: gate for n in names})
+    rt = make_runtime(config_xml(*(instance_xml(n) for n in names), threads=2), clock)
+    rt.tick()
+    clock.now += 2
+    rt.tick()
+    assert sum(recorder.calls.values()) == 2
+    gate.set()
+    settle(rt)
+    advance(rt, clock, 1.0, 0.5)
+    assert set(recorder.calls) == set(names)
+    assert recorder.max_total == 2
+
+
+def test_real_time_run_never_overlaps_cycles_of_one_instance(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    # Cycles (0.15 s) longer than the polling period (0.1 s), three instances, real threads
+    recorder.sleep = 0.15
+    rt = make_runtime(config_xml(*(instance_xml(f"r{n}", period=100) for n in range(3))))
+    assert rt.run(duration=1.0, handle_signals=False) == 0
+    assert all(recorder.calls[f"r{n}"] >= 3 for n in range(3))
+    assert max(recorder.max_running.values()) == 1
+    assert recorder.max_total > 1  # the instances did run side by side
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_a_failing_instance_is_recorded_and_the_others_keep_running(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    clock = FakeClock()
+    recorder.errors["bad"] = ProviderUnavailable("imap.example: connection refused")
+    rt = make_runtime(config_xml(instance_xml("bad"), instance_xml("good")), clock)
+    rt.tick()
+    settle(rt)
+    advance(rt, clock, 2.0, 1.0)
+    # a retryable error does not pause: it is tried again every period
+    assert recorder.calls == {"bad": 3, "good": 3}
+    stats = rt.store.get_stats("bad")
+    assert stats.last_error is not None and "connection refused" in stats.last_error
+    assert rt.store.get_stats("good").last_error is None
+
+
+def test_a_crash_in_a_cycle_is_logged_and_recorded(
+    recorder: Recorder,
+    make_runtime: Callable[..., StandaloneRuntime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    recorder.errors["buggy"] = KeyError("oops")
+    rt = make_runtime(config_xml(instance_xml("buggy")), clock)
+    with caplog.at_level(logging.ERROR):
+        rt.tick()
+        settle(rt)
+        advance(rt, clock, 1.0, 1.0)
+    assert recorder.calls["buggy"] == 2
+    assert "KeyError" in (rt.store.get_stats("buggy").last_error or "")
+    assert "cycle crashed" in caplog.text
+
+
+def test_a_stop_error_pauses_the_instance_until_its_configuration_changes(
+    recorder: Recorder,
+    make_runtime: Callable[..., StandaloneRuntime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an instance whose credentials are refused
+    clock = FakeClock()
+    recorder.errors["locked"] = ProviderAuthError("imap.example: LOGIN refused")
+    rt = make_runtime(config_xml(instance_xml("locked"), instance_xml("fine")), clock)
+    with caplog.at_level(logging.ERROR):
+        rt.tick()
+        settle(rt)
+        advance(rt, clock, 5.0, 1.0)
+    # Then it ran once and stays paused, while the other instance goes on
+    assert recorder.calls == {"locked": 1, "fine": 6}
+    assert rt.slots["locked"].paused is not None
+    assert "locked: paused until its configuration changes" in caplog.text
+    # When its configuration changes (the password was fixed)
+    del recorder.errors["locked"]
+    rt.config_path.write_text(config_xml(instance_xml("locked", period=2000), instance_xml("fine")))
+    clock.now += 1.0
+    rt.tick()
+    settle(rt)
+    # Then it runs again
+    assert rt.slots["locked"].paused is None
+    assert recorder.calls["locked"] == 2
+
+
+def test_an_unchanged_configuration_keeps_a_paused_instance_paused(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    clock = FakeClock()
+    recorder.errors["locked"] = ProviderAuthError("refused")
+    rt = make_runtime(config_xml(instance_xml("locked"), instance_xml("other")), clock)
+    rt.tick()
+    settle(rt)
+    # another instance changes; this one does not
+    rt.config_path.write_text(config_xml(instance_xml("locked"), instance_xml("other", period=500)))
+    advance(rt, clock, 3.0, 1.0)
+    assert recorder.calls["locked"] == 1
+
+
+# -- configuration reload -------------------------------------------------------------------------
+def test_reload_adds_and_removes_instances_without_a_restart(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("old"), instance_xml("kept")), clock)
+    rt.tick()
+    settle(rt)
+    rt.config_path.write_text(config_xml(instance_xml("kept"), instance_xml("new")))
+    advance(rt, clock, 3.0, 1.0)  # the refresh period is 1 s
+    assert set(rt.slots) == {"kept", "new"}
+    assert recorder.calls["old"] == 1
+    assert recorder.calls["new"] >= 2
+    assert recorder.calls["kept"] == 4
+
+
+def test_an_instance_removed_while_running_finishes_and_is_not_started_again(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    clock = FakeClock()
+    recorder.gate["going"] = threading.Event()
+    rt = make_runtime(config_xml(instance_xml("going"), instance_xml("staying")), clock)
+    rt.tick()
+    rt.config_path.write_text(config_xml(instance_xml("staying")))
+    clock.now += 1.0
+    rt.tick()
+    assert rt.slots["going"].removed
+    recorder.gate["going"].set()
+    advance(rt, clock, 2.0, 1.0)
+    assert "going" not in rt.slots
+    assert recorder.calls["going"] == 1
+
+
+def test_a_broken_configuration_file_keeps_the_running_one_and_says_where(
+    recorder: Recorder,
+    make_runtime: Callable[..., StandaloneRuntime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("box")), clock)
+    rt.tick()
+    settle(rt)
+    broken = config_xml(instance_xml("box")).replace("<PollingPeriod>1000", "<PollingPeriod>x")
+    rt.config_path.write_text(broken)
+    with caplog.at_level(logging.ERROR):
+        advance(rt, clock, 2.0, 1.0)
+    assert recorder.calls["box"] == 3  # still scheduled with the old configuration
+    assert f"{rt.config_path}:" in caplog.text
+    assert "PollingPeriod" in caplog.text
+
+
+# -- progress output ------------------------------------------------------------------------------
+def test_progress_line_lists_only_what_a_cycle_did() -> None:
+    from router.incoming import CycleReport
+
+    idle = CycleReport("box", listed=3, known=3, duration=0.1)
+    busy = CycleReport("box", listed=2, staged=2, delivered=2, duration=0.25)
+    assert progress_line(idle, 0.1) is None
+    assert progress_line(busy, 0.25) == "box: staged 2, delivered 2 (0.25s)"
+
+
+# -- real cycles ----------------------------------------------------------------------------------
+def test_run_delivers_the_mail_of_every_instance_once(
+    make_runtime: Callable[..., StandaloneRuntime], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two memory mailboxes with mail and a memory CRM
+    tag = uuid.uuid4().hex[:8]
+    boxes = {f"a{tag}": 3, f"b{tag}": 2}
+    for box, count in boxes.items():
+        for n in range(count):
+            memprov.mailbox(f"{box}@example.com").append(make_message(n))
+    MEMORY_CRMS.pop("crm", None)
+    xml = config_xml(*(instance_xml(box, period=200) for box in boxes))
+    rt = make_runtime(xml)
+    # When the runtime runs for a second (about five polls per instance)
+    with caplog.at_level(logging.INFO):
+        rt.run(duration=1.0, handle_signals=False)
+    # Then every message became exactly one activity, and each was post-processed
+    crm = MEMORY_CRMS["crm"]
+    assert len(crm.activities) == 5  # type: ignore[attr-defined]
+    for box, count in boxes.items():
+        assert rt.store.count_entries(box) == {LedgerState.DONE: count}
+        assert rt.store.get_stats(box).processed == count
+    assert f"a{tag}: staged 3, delivered 3" in caplog.text
+    assert rt.store.get_lease(f"a{tag}") is None
