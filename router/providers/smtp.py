@@ -55,7 +55,8 @@ RECONNECT_CODES = frozenset({421, -1})
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
 
-CommitHook = Callable[[], None]
+#: Called with the RCPT results right before the final dot (see the module docstring).
+CommitHook = Callable[[SubmitResult], None]
 
 
 class SmtpOptions(TlsOptions):
@@ -114,10 +115,10 @@ class SmtpProvider(OutgoingProvider):
     ) -> SubmitResult:
         """Send ``message`` to ``recipients`` (default: every recipient of ``email``).
 
-        ``before_commit`` runs once the server accepted the recipients and the body was sent,
-        right before the final dot (see the module docstring). Raises MessageRejected for a 5xx
-        on the whole message or when every recipient was refused for good, ProviderUnavailable
-        when the connection failed.
+        ``before_commit(result)`` runs once the server accepted some recipients and the body was
+        sent, right before the final dot; an exception from it aborts the transaction (see the
+        module docstring). Raises MessageRejected for a 5xx on the whole message or when every
+        recipient was refused for good, ProviderUnavailable when the connection failed.
         """
         rcpts = list(recipients) if recipients is not None else _recipients(email)
         with self.wrap(f"submit {email.email_id}"):
@@ -130,17 +131,17 @@ class SmtpProvider(OutgoingProvider):
 
     # -- primitives -----------------------------------------------------------------------------
     def _create_client(self) -> smtplib.SMTP:
-        """Build the unconnected smtplib client (the seam tests replace)."""
+        """Connect the smtplib client and read the greeting (the seam tests replace)."""
+        host, port = self.host, self.port
         timeout, name = self.options.timeout, self.options.local_hostname
         if self.config.email_security == "ssl":
             ctx = self.options.ssl_context(self.name)
-            return smtplib.SMTP_SSL(local_hostname=name, timeout=timeout, context=ctx)
-        return smtplib.SMTP(local_hostname=name, timeout=timeout)
+            return smtplib.SMTP_SSL(host, port, local_hostname=name, timeout=timeout, context=ctx)
+        return smtplib.SMTP(host, port, local_hostname=name, timeout=timeout)
 
     def _connect(self) -> None:
         client = self._create_client()
         try:
-            client.connect(self.host, self.port)
             client.ehlo()
             if self.config.email_security == "starttls":
                 client.starttls(context=self.options.ssl_context(self.name))
@@ -232,8 +233,9 @@ class SmtpProvider(OutgoingProvider):
         if not accepted:
             _quietly_rset(client)
             return self._all_refused(email_id, refused)
-        self._data(client, message, before_commit)
-        return SubmitResult(tuple(accepted), refused)
+        result = SubmitResult(tuple(accepted), refused)
+        self._data(client, message, lambda: before_commit(result) if before_commit else None)
+        return result
 
     def _mail_from(self, sender: str, utf8: bool, size: int) -> smtplib.SMTP:
         """MAIL FROM on a live connection; a connection found dead here is re-opened once."""
@@ -279,15 +281,16 @@ class SmtpProvider(OutgoingProvider):
                 refused[rcpt] = (code, _text(reply))
         return accepted, refused
 
-    def _data(self, client: smtplib.SMTP, message: bytes, before_commit: CommitHook | None) -> None:
+    def _data(
+        self, client: smtplib.SMTP, message: bytes, before_commit: Callable[[], None]
+    ) -> None:
         code, reply = client.docmd("DATA")
         if code != 354:
             _quietly_rset(client)
             _check_reply(code, reply)
             raise smtplib.SMTPDataError(code, reply)
         client.send(_dot_stuffed(message))
-        if before_commit is not None:
-            before_commit()
+        before_commit()
         client.send(b".\r\n")
         code, reply = client.getreply()
         _check_reply(code, reply)
