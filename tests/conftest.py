@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.servers.redis_server",
     "tests.servers.dovecot",
+    "tests.servers.smtp",
 ]
