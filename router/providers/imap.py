@@ -21,6 +21,8 @@ Connection: ``<EmailServer>``, ``<EmailPort>`` (default 993 for ``ssl``, 143 oth
 Options (``<Parameters>``): ``folder`` (default INBOX), ``timeout`` (seconds, default 30),
 ``fetch_batch`` (messages per FETCH, default 50), ``fetch_batch_bytes`` (default 8 MB),
 ``ca_bundle``, ``tls_verify`` (default true), ``token_provider`` (``package.module:function``).
+Folder names (``folder``, ``move:Folder``) use ``/`` between levels, whatever the server's own
+hierarchy delimiter is (``Archive/CRM`` becomes ``Archive.CRM`` on Dovecot's default layout).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class ImapProvider(IncomingProvider):
         self._uidvalidity: int | None = None
         self._readonly: bool | None = None
         self._uidnext: int | None = None
+        self._delimiter: str | None = None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class ImapProvider(IncomingProvider):
     def _close(self) -> None:
         client, self._client = self._client, None
         self._uidvalidity = self._readonly = None
+        self._delimiter = None
         if client is None:
             return
         try:
@@ -143,10 +147,21 @@ class ImapProvider(IncomingProvider):
     def _select(self, *, readonly: bool, fresh: bool = False) -> int:
         """Select the folder (EXAMINE if ``readonly``) unless it already is; return UIDVALIDITY."""
         if fresh or self._uidvalidity is None or (self._readonly and not readonly):
-            info = self.client.select_folder(self.options.folder, readonly=readonly)
+            folder = self._server_name(self.options.folder)
+            info = self.client.select_folder(folder, readonly=readonly)
             self._uidvalidity, self._readonly = int(info[b"UIDVALIDITY"]), readonly
             self._uidnext = int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None
         return self._uidvalidity
+
+    def _server_name(self, folder: str) -> str:
+        """``folder`` with ``/`` between levels replaced by the server's hierarchy delimiter."""
+        if "/" not in folder:
+            return folder
+        if self._delimiter is None:
+            found = self.client.list_folders("", "")  # LIST "" "" answers the delimiter
+            raw = found[0][1] if found else b"/"
+            self._delimiter = raw.decode() if isinstance(raw, bytes) else str(raw or "/")
+        return folder.replace("/", self._delimiter)
 
     # -- listing and cursor --------------------------------------------------------------------
 
@@ -272,6 +287,7 @@ class ImapProvider(IncomingProvider):
             self.client.expunge()
 
     def _move(self, which: str, folder: str) -> None:
+        folder = self._server_name(folder)
         self._ensure_folder(folder)
         if self.client.has_capability("MOVE"):
             self.client.move(which, folder)

@@ -91,6 +91,12 @@ service pop3-login {{
   }}
 }}
 pop3_uidl_format = %08Xu%08Xv
+# no auth penalty: a wrong-password test must not slow down the logins of the next tests
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 """
 
 
