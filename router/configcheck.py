@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, get_args
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
@@ -43,6 +43,9 @@ from router.config import (
     SystemConfiguration,
 )
 from router.errors import ConfigError
+
+if TYPE_CHECKING:
+    from router.providers.base import Provider
 
 Element: TypeAlias = etree._Element
 M = TypeVar("M", bound=BaseXmlModel)
@@ -77,6 +80,10 @@ class Problems:
         problem = Problem(el.sourceline or 0, element or _tag(el), text)
         if problem not in self.items:  # structure and binding may both see a missing element
             self.items.append(problem)
+
+    def about(self, el: Element) -> bool:
+        """Whether a problem was already reported for ``el``."""
+        return any(p.line == el.sourceline and p.element == _tag(el) for p in self.items)
 
     def raise_if_any(self, file: str) -> None:
         if self.items:
@@ -120,7 +127,19 @@ def _read(path: Path) -> bytes:
 def parse_safely(data: bytes, file: str) -> Element:
     """Parse ``data`` without DTDs or entities; ConfigError carries the line of the problem."""
     _refuse_dtd(data, file)
-    parser = etree.XMLParser(
+    try:
+        root = etree.fromstring(data, safe_parser())
+    except etree.XMLSyntaxError as exc:
+        _fail(file, exc.lineno or 0, f"not well-formed XML: {exc.msg}")
+    if root.getroottree().docinfo.doctype:  # second guard; the first one already refused it
+        _fail(file, 1, "DOCTYPE declarations are not allowed (no DTDs, no entities)")
+    _strip_leaf_text(root)
+    return root
+
+
+def safe_parser() -> Any:
+    """An lxml parser that never substitutes entities, loads a DTD or touches the network."""
+    return etree.XMLParser(
         resolve_entities=False,
         load_dtd=False,
         no_network=True,
@@ -128,12 +147,6 @@ def parse_safely(data: bytes, file: str) -> Element:
         remove_comments=True,
         remove_pis=True,
     )
-    try:
-        root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        _fail(file, exc.lineno or 0, f"not well-formed XML: {exc.msg}")
-    _strip_leaf_text(root)
-    return root
 
 
 def _refuse_dtd(data: bytes, file: str) -> None:
@@ -161,7 +174,7 @@ def _fail(file: str, line: int, text: str) -> Any:
 
 def _strip_leaf_text(root: Element) -> None:
     # Pretty-printed files put values on their own lines; " 993 " means 993.
-    for el in root.iter():
+    for el in root.iter(etree.Element):
         if len(el) == 0 and el.text:
             el.text = el.text.strip()
 
@@ -382,8 +395,9 @@ def _assemble(bound: dict[str, list[Bound]], problems: Problems) -> Configuratio
     for dep in deployments:
         if dep.model is not None:
             _check_secret(dep, "ClientSecret", dep.model.client_secret, problems)
-    names = [d.model.name for d in deployments if d.model is not None]
-    resolved = [_check_provider(p, names, problems) for p in providers if p.model is not None]
+    # Names from the elements, so a Deployment with a bad value is still known by name.
+    names = list(dict.fromkeys(n for d in deployments if (n := d.el.get("Name")) is not None))
+    resolved = [_check_provider(p, names, problems) for p in providers]
     if problems.items:
         return None
     system = systems[0].model if systems else SystemConfiguration()
@@ -409,11 +423,15 @@ def _check_unique(items: list[Bound], tag: str, problems: Problems) -> None:
 def _check_provider(
     item: Bound, deployments: list[str], problems: Problems
 ) -> ProviderConfiguration | None:
+    cls = _resolve_class(item, problems)  # also when binding failed: show every problem
+    _check_parameter_names(item, problems)
+    if item.model is None:
+        return None
     cfg: ProviderConfiguration = item.model
     cfg = _check_deployment_ref(item, cfg, deployments, problems)
     _check_secret(item, "EmailPassword", cfg.email_password, problems)
-    _check_provider_class(item, cfg, problems)
-    _check_parameter_names(item, problems)
+    if cls is not None:
+        _check_against_class(item, cfg, cls, problems)
     return cfg
 
 
@@ -434,18 +452,25 @@ def _check_deployment_ref(
     return cfg
 
 
-def _check_provider_class(item: Bound, cfg: ProviderConfiguration, problems: Problems) -> None:
+def _resolve_class(item: Bound, problems: Problems) -> type[Provider] | None:
     from router.providers.registry import resolve
 
+    el = item.child("ProviderClass")
+    name = el.text if el is not item.el else None
+    if not name:
+        return None  # reported as missing or empty by the earlier passes
     try:
-        cls = resolve(cfg.provider_class)
+        return resolve(name)
     except ConfigError as exc:
-        problems.add(item.child("ProviderClass"), str(exc))
-        return
+        problems.add(el, str(exc))
     except Exception as exc:  # a plug-in that fails to import must not crash validation
-        text = f"cannot load provider {cfg.provider_class!r}: {type(exc).__name__}: {exc}"
-        problems.add(item.child("ProviderClass"), text)
-        return
+        problems.add(el, f"cannot load provider {name!r}: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _check_against_class(
+    item: Bound, cfg: ProviderConfiguration, cls: type[Provider], problems: Problems
+) -> None:
     if cls.direction != cfg.direction:
         text = (
             f"provider {cfg.provider_class!r} ({cls.__name__}) is {cls.direction.value}, "
@@ -503,10 +528,12 @@ def _check_parameter_names(item: Bound, problems: Problems) -> None:
 
 
 def _check_secret(item: Bound, tag: str, secret: Secret | None, problems: Problems) -> None:
-    if secret is not None:
-        text = secret_problem(secret)
-        if text:
-            problems.add(item.child(tag), text)
+    el = item.child(tag)
+    if secret is None or problems.about(el):  # e.g. a misspelt Env= already explains it
+        return
+    text = secret_problem(secret)
+    if text:
+        problems.add(el, text)
 
 
 def secret_problem(secret: Secret) -> str | None:

@@ -162,6 +162,7 @@ def configure_logging(
     Calling it again replaces the handler it installed before (idempotent for tests and
     re-configuration); handlers installed by others are left alone. Returns the handler.
     """
+    numeric = _level(level)  # before touching anything: a bad level changes nothing
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_router_handler", False)]:
         root.removeHandler(old)
@@ -170,7 +171,7 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler._router_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(_level(level))
+    root.setLevel(numeric)
     return handler
 
 

@@ -1,0 +1,125 @@
+"""Logging setup: secrets masked in every line, context fields, JSON one object per line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from router.errors import ConfigError
+from router.logsetup import configure_logging, log_context, redact
+
+log = logging.getLogger("router.tests.logsetup")
+
+
+@pytest.fixture
+def output() -> Iterator[io.StringIO]:
+    """Route the root logger into a buffer for the test; restore handlers and level after."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    configure_logging("DEBUG", "text", stream)
+    yield stream
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("connecting with password=%s", "hunter2"),
+        ("> b'A001 LOGIN alice %s'", "hunter2"),
+        ('> b\'A001 LOGIN "alice" "%s"\'', "hunter2"),
+        ("send: 'AUTH PLAIN %s\\r\\n'", "AGFsaWNlAGh1bnRlcjI="),
+        ("> AUTHENTICATE XOAUTH2 %s", "dXNlcj1hbGljZQFhdXRoPUJlYXJlcg=="),
+        ("*cmd* 'PASS %s'", "hunter2"),
+        ("headers {'Authorization': 'Bearer %s'}", "eyJhbGciOiJSUzI1NiJ9.payload.sig"),
+        ("POST body grant_type=client_credentials&client_secret=%s&scope=x", "s3cr3t~Val"),
+        ("config {'password': '%s', 'user': 'bob'}", "hunter2"),
+        ('{"access_token": "%s", "expires_in": 3599}', "tok-123456"),
+        ("broker redis://:%s@127.0.0.1:6379/0", "brokerpw"),
+        ("imap://alice:%s@mail.example.com", "hunter2"),
+    ],
+)
+def test_secret_logged_by_mistake_is_masked(output: io.StringIO, line: str, secret: str) -> None:
+    log.info(line, secret)
+
+    text = output.getvalue()
+    assert secret not in text
+    assert "***" in text
+
+
+def test_password_in_an_exception_traceback_is_masked(output: io.StringIO) -> None:
+    try:
+        raise RuntimeError("login refused for password=hunter2")
+    except RuntimeError:
+        log.exception("poll failed")
+
+    text = output.getvalue()
+    assert "RuntimeError: login refused for password=***" in text
+    assert "hunter2" not in text
+
+
+def test_harmless_text_is_left_alone() -> None:
+    line = "instance sales-imap: 3 messages staged, cursor uid=42, lease token renewed"
+
+    assert redact(line) == line
+
+
+def test_records_carry_instance_and_message_id_from_log_context(output: io.StringIO) -> None:
+    with log_context(instance="sales-imap"):
+        with log_context(message_id="<abc@example.com>"):
+            log.info("delivered")
+        log.info("post-processed")
+    log.info("idle")
+
+    lines = output.getvalue().splitlines()
+    assert lines[0].endswith("[instance=sales-imap message_id=<abc@example.com>]: delivered")
+    assert lines[1].endswith("[instance=sales-imap]: post-processed")
+    assert lines[2].endswith("router.tests.logsetup: idle")
+
+
+def test_log_context_does_not_leak_into_other_threads(output: io.StringIO) -> None:
+    def other() -> None:
+        log.info("from another thread")
+
+    with log_context(instance="sales-imap"):
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join(timeout=5)
+
+    assert output.getvalue().strip().endswith("router.tests.logsetup: from another thread")
+
+
+def test_json_format_writes_one_parsable_object_per_line(output: io.StringIO) -> None:
+    configure_logging("INFO", "json", output)
+
+    with log_context(instance="outbound-smtp", message_id="<m1@x>"):
+        log.info("sent %d of %d", 2, 3, extra={"uid": 17})
+        log.warning("AUTH PLAIN AGFsaWNlAGh1bnRlcjI=")
+    log.debug("not shown at INFO")
+
+    docs = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert [d["message"] for d in docs] == ["sent 2 of 3", "AUTH PLAIN ***"]
+    assert docs[0]["instance"] == "outbound-smtp"
+    assert docs[0]["message_id"] == "<m1@x>"
+    assert docs[0]["level"] == "INFO"
+    assert docs[0]["uid"] == 17
+
+
+def test_configuring_twice_keeps_a_single_router_handler(output: io.StringIO) -> None:
+    configure_logging("INFO", "text", output)
+    configure_logging("INFO", "text", output)
+
+    log.info("once")
+
+    assert output.getvalue().count("once") == 1
+
+
+def test_unknown_level_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown log level 'LOUD'"):
+        configure_logging("LOUD")
