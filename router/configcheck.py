@@ -483,6 +483,35 @@ def _check_against_class(
         allowed = _option_names(cls.options_model)
         for text in exc.problems:
             _report_parameter(item, text, allowed, problems)
+        return
+    _check_construction(item, cfg, cls, problems)
+
+
+def _check_construction(
+    item: Bound, cfg: ProviderConfiguration, cls: type[Provider], problems: Problems
+) -> None:
+    # Providers check what they need (EmailServer, EmailUser, POP3 actions...) in __init__,
+    # which must not connect; building one here surfaces those problems at validation time.
+    try:
+        cls(cfg)
+    except ConfigError as exc:
+        for text in exc.problems:
+            _report_provider_problem(item, text.removeprefix(f"{cfg.name}: "), problems)
+    except Exception as exc:
+        problems.add(item.el, f"provider {cfg.provider_class!r} rejects this instance: {exc}")
+
+
+_ELEMENT_FIRST = re.compile(r"^<(?P<tag>\w+)> (?P<text>.*)$", re.S)
+
+
+def _report_provider_problem(item: Bound, text: str, problems: Problems) -> None:
+    """Point ``"<AfterProcessing> 'x' is not possible"`` at that element when it is present."""
+    match = _ELEMENT_FIRST.match(text)
+    if match is None:
+        problems.add(item.el, text)
+        return
+    el = item.child(match["tag"])
+    problems.add(el, match["text"] if el is not item.el else text)
 
 
 def _option_names(options_model: type[BaseModel]) -> list[str]:

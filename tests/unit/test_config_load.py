@@ -250,3 +250,21 @@ def test_settings_repr_masks_url_passwords_and_flower_auth(
     for text in (repr(settings), str(settings)):
         assert "brokerpw" not in text and "flowerpw" not in text
         assert "redis://:***@redis:6379/0" in text
+
+
+def test_provider_instance_checks_are_reported_at_the_element_they_name(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """  <ProviderConfiguration Name="p">
+    <ProviderClass>pop3</ProviderClass><Direction>Incoming</Direction>
+    <EmailServer>pop.example.com</EmailServer><EmailUser>u</EmailUser>
+    <EmailPassword>x</EmailPassword>
+    <AfterProcessing>move:Done</AfterProcessing>
+  </ProviderConfiguration>
+""",
+    )
+
+    assert problems_of(path) == [
+        f"{path}:7: <AfterProcessing>: 'move:Done' is not possible with POP3 "
+        "(no flags, no folders): use leave or delete"
+    ]
