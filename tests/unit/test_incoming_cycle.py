@@ -13,10 +13,11 @@ import pytest
 
 from router import quarantine
 from router.config import Configuration, Deployment, ProviderConfiguration
+from router.crm.base import DeliveryTarget
 from router.crm.memory import MemoryCrm
 from router.errors import CrmRejected, CrmUnavailable, ProviderUnavailable
 from router.incoming import format_report, poll_instance
-from router.models import Direction, LedgerState
+from router.models import Activity, DeliveryResult, Direction, LedgerState
 from router.providers import memory as memprov
 from router.service import Context
 from router.state.memory import MemoryStore
@@ -56,7 +57,7 @@ class Rig:
         fields.update(overrides)
         dep = Deployment(name="crm", adapter="memory", crm_server_url="https://crm.example")
         self.config = Configuration(
-            deployments=(dep,), providers=(ProviderConfiguration(**fields),)
+            deployments=(dep,), providers=(ProviderConfiguration.model_validate(fields),)
         )
         self.store = MemoryStore()
         self.ctx = Context(self.config, self.store)
@@ -220,7 +221,7 @@ def test_crm_rejection_quarantines_only_that_message_and_replay_delivers_it_once
     rig.append(3)
     original = rig.crm.deliver
 
-    def picky(activity, target):  # type: ignore[no-untyped-def]
+    def picky(activity: Activity, target: DeliveryTarget) -> DeliveryResult:
         if activity.subject == "message 2":
             raise CrmRejected("400 bad field")
         return original(activity, target)
