@@ -199,5 +199,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 REGISTRARS += [_add_run, _add_status]
 
 
+# -- state --------------------------------------------------------------------------------------
+def _add_state(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("state", help="show or reset the stored state (cursor, lease, ledger)")
+    p.add_argument("action", choices=["show", "reset"])
+    p.add_argument("name", nargs="?", help="instance name (ProviderConfiguration Name)")
+    _add_config_arg(p)
+    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    p.add_argument("--all", action="store_true", help="show: every instance")
+    p.add_argument("--json", action="store_true", help="show: print JSON, nothing truncated")
+    p.add_argument("--yes", action="store_true", help="reset: confirm")
+    p.set_defaults(func=cmd_state)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from router.state.admin import run
+
+    return run(args)
+
+
+REGISTRARS.append(_add_state)
+
+
 if __name__ == "__main__":
     sys.exit(main())
