@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     try:
+        _setup_logging()
         return int(func(args))
     except ConfigError as exc:
         for problem in exc.problems:
@@ -68,6 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _setup_logging() -> None:
+    # Redacting handler for every command; `run` and the worker reconfigure with <LogLevel>.
+    from router.config import load_settings
+    from router.logsetup import ensure_logging
+
+    settings = load_settings()
+    ensure_logging(settings.log_level, settings.log_format)
 
 
 # -- poll ---------------------------------------------------------------------------------------

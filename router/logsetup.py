@@ -166,13 +166,37 @@ def configure_logging(
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_router_handler", False)]:
         root.removeHandler(old)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream else _StderrHandler()
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    handler._router_handler = True  # type: ignore[attr-defined]
+    setattr(handler, "_router_handler", True)  # noqa: B010 - marks the handler we own
     root.addHandler(handler)
     root.setLevel(numeric)
     return handler
+
+
+def ensure_logging(level: str | None, fmt: Literal["text", "json"] = "text") -> None:
+    """Configure logging for a command unless the host process already did (pytest, Celery).
+
+    ``level`` None means WARNING: one-shot commands stay quiet unless asked.
+    """
+    if not logging.getLogger().handlers:
+        configure_logging(level or "WARNING", fmt)
+
+
+class _StderrHandler(logging.StreamHandler[IO[str]]):
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest and daemons swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
 
 
 def _level(level: str) -> int:

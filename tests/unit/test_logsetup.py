@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
 from router.errors import ConfigError
-from router.logsetup import configure_logging, log_context, redact
+from router.logsetup import configure_logging, ensure_logging, log_context, redact
 
 log = logging.getLogger("router.tests.logsetup")
 
@@ -123,3 +126,42 @@ def test_configuring_twice_keeps_a_single_router_handler(output: io.StringIO) ->
 def test_unknown_level_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown log level 'LOUD'"):
         configure_logging("LOUD")
+
+
+def test_ensure_logging_leaves_an_already_configured_process_alone(output: io.StringIO) -> None:
+    root = logging.getLogger()
+    before = root.handlers[:]
+
+    ensure_logging("DEBUG", "json")
+
+    assert root.handlers == before
+
+
+def test_cli_commands_log_through_the_redacting_handler() -> None:
+    # A fresh interpreter has no handlers, as when a user runs email-router.
+    script = """
+import logging, sys
+from router.cli import REGISTRARS, main
+
+def leak(args):
+    logging.getLogger("x").warning("pw=%s password=%s", 1, "hunter2")
+    return 0
+
+def _add(sub):
+    sub.add_parser("leak").set_defaults(func=leak)
+
+REGISTRARS.append(_add)
+sys.exit(main(["leak"]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ROUTER_LOG_FORMAT": "json"},
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stderr
+    assert json.loads(done.stderr)["message"] == "pw=1 password=***"
