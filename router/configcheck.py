@@ -3,9 +3,9 @@
 :func:`check_file` is what :func:`router.config.load_config` runs. It works in four passes and
 collects every problem before giving up, so one run of ``email-router validate`` shows them all:
 
-1. **Parse safely.** defusedxml (expat) refuses any DTD, entity declaration or external entity at
-   the ``<!DOCTYPE`` itself, before anything is declared or expanded; only then does lxml build the
-   tree (with entities, DTD loading and network access switched off) to know each element's line.
+1. **Parse safely** (:mod:`router.xmlsafe`): any DTD, entity declaration or external entity is
+   refused at the ``<!DOCTYPE`` itself, before anything is declared, expanded or fetched; lxml
+   then builds the tree (entities, DTD loading and network off) to know each element's line.
 2. **Structure.** Walk the tree against the pydantic-xml models: unknown elements (with "did you
    mean"), unknown attributes, missing required elements, elements given twice.
 3. **Values.** Bind each top-level element with its model; pydantic's errors are mapped back
@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, get_args
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import DefusedXMLParser, ParseError
 from lxml import etree
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_xml import BaseXmlModel
 from pydantic_xml.fields import EntityLocation, XmlEntityInfo
 
+from router import xmlsafe
 from router.config import (
     Configuration,
     Deployment,
@@ -126,57 +125,15 @@ def _read(path: Path) -> bytes:
 
 def parse_safely(data: bytes, file: str) -> Element:
     """Parse ``data`` without DTDs or entities; ConfigError carries the line of the problem."""
-    _refuse_dtd(data, file)
     try:
-        root = etree.fromstring(data, safe_parser())
-    except etree.XMLSyntaxError as exc:
-        _fail(file, exc.lineno or 0, f"not well-formed XML: {exc.msg}")
-    if root.getroottree().docinfo.doctype:  # second guard; the first one already refused it
-        _fail(file, 1, "DOCTYPE declarations are not allowed (no DTDs, no entities)")
-    _strip_leaf_text(root)
-    return root
-
-
-def safe_parser() -> Any:
-    """An lxml parser that never substitutes entities, loads a DTD or touches the network."""
-    return etree.XMLParser(
-        resolve_entities=False,
-        load_dtd=False,
-        no_network=True,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
-
-
-def _refuse_dtd(data: bytes, file: str) -> None:
-    # expat via defusedxml stops at the DOCTYPE declaration: nothing is declared or expanded.
-    guard = DefusedXMLParser(forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    try:
-        guard.feed(data)
-        guard.close()
-    except DefusedXmlException as exc:
-        line = guard.parser.CurrentLineNumber
-        what = type(exc).__name__.removesuffix("Forbidden").replace("DTD", "DOCTYPE")
-        _fail(file, line, f"{what} declarations are not allowed (no DTDs, no entities)")
-    except ParseError as exc:
-        _fail(file, exc.position[0], f"not well-formed XML: {_expat_reason(exc)}")
-
-
-def _expat_reason(exc: ParseError) -> str:
-    return re.sub(r": line \d+, column \d+$", "", str(exc))
+        return xmlsafe.parse(data)
+    except xmlsafe.XmlRefused as exc:
+        return _fail(file, exc.line, exc.reason)
 
 
 def _fail(file: str, line: int, text: str) -> Any:
     problem = Problem(line, "Configuration", text).format(file)
     raise ConfigError(problem, [problem]) from None
-
-
-def _strip_leaf_text(root: Element) -> None:
-    # Pretty-printed files put values on their own lines; " 993 " means 993.
-    for el in root.iter(etree.Element):
-        if len(el) == 0 and el.text:
-            el.text = el.text.strip()
 
 
 def _tag(el: Element) -> str:
