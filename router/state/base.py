@@ -27,6 +27,10 @@ from router.models import LedgerEntry, LedgerState
 
 JsonDict = dict[str, Any]
 
+#: How long a Message-ID index entry must stay findable (bounces and re-deliveries come back
+#: within days); persistent backends may forget older ones so the index does not grow forever.
+MSGID_TTL = 60 * 86400
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -145,11 +149,15 @@ class StateStore(abc.ABC):
         states: Iterable[LedgerState] | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        """Return entries in the order they were created, optionally only in ``states``."""
+        """Return entries in the order they were created, optionally only in ``states``.
+
+        A damaged entry (see StateCorrupt) is left out and logged as a warning with its instance
+        and key, so one bad record never hides the rest; get_entry on it raises StateCorrupt.
+        """
 
     @abc.abstractmethod
     def count_entries(self, instance: str) -> dict[LedgerState, int]:
-        """Return how many entries of ``instance`` are in each state."""
+        """Return how many entries of ``instance`` are in each state (damaged ones left out)."""
 
     @abc.abstractmethod
     def get_raw(self, instance: str, key: str) -> bytes | None:
@@ -166,7 +174,10 @@ class StateStore(abc.ABC):
     # -- global Message-ID index ----------------------------------------------------------------
     @abc.abstractmethod
     def index_message_id(self, message_id: str, instance: str, key: str) -> None:
-        """Remember that ``instance``'s ledger entry ``key`` sent ``message_id``."""
+        """Remember that ``instance``'s ledger entry ``key`` sent ``message_id``.
+
+        Kept at least :data:`MSGID_TTL` seconds; a backend may forget it after that.
+        """
 
     @abc.abstractmethod
     def lookup_message_id(self, message_id: str) -> tuple[str, str] | None:

@@ -37,7 +37,7 @@ from redis.retry import Retry
 from router.errors import LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerEntry, LedgerState
 from router.state import redis_lua as lua
-from router.state.base import InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
+from router.state.base import MSGID_TTL, InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
 from router.state.keys import Keys
 from router.state.records import build_record, dumps, loads, parse_record, patch_pairs
 
@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-#: How long a Message-ID stays findable for bounce matching (bounces come back within days).
-MSGID_TTL = 60 * 86400
 
 
 def _guarded(method: Callable[P, T]) -> Callable[P, T]:

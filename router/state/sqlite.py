@@ -36,7 +36,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from router.errors import LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerEntry, LedgerState
-from router.state.base import InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
+from router.state.base import MSGID_TTL, InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
 from router.state.memory import apply_fields
 from router.state.records import check_fields, dumps, loads
 
@@ -64,7 +64,9 @@ CREATE INDEX IF NOT EXISTS ledger_state ON ledger (instance, state, updated_at);
 CREATE TABLE IF NOT EXISTS raw (
     instance TEXT NOT NULL, key TEXT NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (instance, key));
 CREATE TABLE IF NOT EXISTS msgids (
-    message_id TEXT PRIMARY KEY, instance TEXT NOT NULL, key TEXT NOT NULL);
+    message_id TEXT PRIMARY KEY, instance TEXT NOT NULL, key TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS msgids_age ON msgids (created_at);
 """
 
 _STATS_UPSERT = """
@@ -460,7 +462,8 @@ class SqliteStore(StateStore):
     @_guarded
     def index_message_id(self, message_id: str, instance: str, key: str) -> None:
         self._conn().execute(
-            "INSERT OR REPLACE INTO msgids VALUES (?, ?, ?)", (message_id, instance, key)
+            "INSERT OR REPLACE INTO msgids VALUES (?, ?, ?, ?)",
+            (message_id, instance, key, self._clock()),
         )
 
     @_guarded
@@ -490,4 +493,6 @@ class SqliteStore(StateStore):
                 f" {where[0]})",
                 [instance, *where[1]],
             )
+            # housekeeping also ages out the global Message-ID index (cheap: indexed by age)
+            conn.execute("DELETE FROM msgids WHERE created_at < ?", (self._clock() - MSGID_TTL,))
             return conn.execute(f"DELETE FROM ledger WHERE {where[0]}", where[1]).rowcount

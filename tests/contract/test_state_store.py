@@ -6,6 +6,7 @@ and how to damage one stored entry on purpose.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -15,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from router.errors import LeaseLost, StateCorrupt
+from router.errors import LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerState
-from router.state.base import StateStore
+from router.state.base import MSGID_TTL, StateStore
 from router.state.memory import MemoryStore
-from router.state.sqlite import SqliteStore
+from router.state.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.contract.state_helpers import delete_prefix, redis_client
+from tests.servers.common import free_port
 
 S = LedgerState
 INST = "imap:sales@example.com"  # a ':' in the name on purpose
@@ -351,6 +353,33 @@ class TestSqliteStore(StateStoreContract):
             (instance, key),
         )
 
+    def test_purge_forgets_message_ids_older_than_the_ttl(self, tmp_path: Path) -> None:
+        now = [1_000_000.0]
+        store = SqliteStore(tmp_path / "aged.db", clock=lambda: now[0])
+        store.index_message_id("<old@x>", "out", "e1")
+        now[0] += MSGID_TTL - 10
+        store.index_message_id("<new@x>", "out", "e2")
+        now[0] += 20
+        store.purge("out", [S.SENT], now[0])
+        assert store.lookup_message_id("<old@x>") is None
+        assert store.lookup_message_id("<new@x>") == ("out", "e2")
+        store.close()
+
+    def test_schema_version_is_recorded_and_a_newer_one_refused(self, tmp_path: Path) -> None:
+        db = tmp_path / "v.db"
+        SqliteStore(db).close()
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+            conn.execute("UPDATE meta SET value = ?", (str(SCHEMA_VERSION + 1),))
+        with pytest.raises(StateUnavailable, match="newer"):
+            SqliteStore(db)
+
+    def test_database_uses_wal_with_full_sync(self, store: StateStore) -> None:
+        assert isinstance(store, SqliteStore)
+        conn = store._conn()
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
 
 @pytest.mark.redis
 class TestRedisStore(StateStoreContract):
@@ -369,6 +398,22 @@ class TestRedisStore(StateStoreContract):
 
         assert isinstance(store, RedisStore)
         store._r.hset(store.keys.ledger(instance), key, '{"s": broken')
+
+    def test_message_ids_expire_after_the_ttl(self, store: StateStore, redis_url: str) -> None:
+        from router.state.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        store.index_message_id("<x@y>", "out", "e1")
+        ttl = redis_client(redis_url).ttl(store.keys.msgid("<x@y>"))
+        assert MSGID_TTL - 60 < ttl <= MSGID_TTL
+
+    def test_unreachable_server_raises_state_unavailable(self) -> None:
+        from router.state.redis import RedisStore
+
+        store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+        for call in (store.ping, lambda: store.get_cursor("x"), lambda: store.stage("x", "k", b"")):
+            with pytest.raises(StateUnavailable):
+                call()
 
     def test_idle_instance_uses_little_redis_memory(
         self, store: StateStore, redis_url: str
