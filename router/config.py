@@ -32,6 +32,7 @@ Security = Literal["ssl", "starttls", "none"]
 AuthMode = Literal["password", "xoauth2", "none"]
 Policy = Literal["skip", "deliver", "quarantine"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+STATE_SCHEMES = ("sqlite", "redis", "rediss", "unix", "memory")
 
 
 class Secret(BaseXmlModel, frozen=True):
@@ -79,11 +80,22 @@ class SystemConfiguration(BaseXmlModel, tag="SystemConfiguration", frozen=True):
             return value
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
 
+    @field_validator("state_store")
+    @classmethod
+    def _check_state_store(cls, value: str) -> str:
+        value = value.strip()
+        scheme = value.split(":", 1)[0].lower()
+        if scheme == "sqlite" and not value.startswith("sqlite:///"):
+            raise ValueError("must be sqlite:///path (three slashes)")
+        if scheme not in STATE_SCHEMES:
+            raise ValueError(f"must be a {', '.join(STATE_SCHEMES)} URL")
+        return value
+
 
 class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
     """One CRM organisation and the credentials to reach it."""
 
-    name: str = attr(name="Name")
+    name: str = attr(name="Name", min_length=1)
     adapter: str = element(tag="Adapter", default="dataverse")
     crm_server_url: str = element(tag="CrmServerUrl")
     crm_auth_mode: Literal["ClientCredentials"] = element(
@@ -100,7 +112,7 @@ class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
 class Parameter(BaseXmlModel, tag="Parameter", frozen=True):
     """One provider-specific option, validated by the provider's options model."""
 
-    name: str = attr(name="Name")
+    name: str = attr(name="Name", min_length=1)
     value: str = ""
 
 
@@ -113,7 +125,7 @@ class Parameters(BaseXmlModel, tag="Parameters", frozen=True):
 class ProviderConfiguration(BaseXmlModel, tag="ProviderConfiguration", frozen=True):
     """One provider instance: a mailbox and a direction."""
 
-    name: str = attr(name="Name")
+    name: str = attr(name="Name", min_length=1)
     provider_class: str = element(tag="ProviderClass")
     direction: Direction = element(tag="Direction")
     deployment: str | None = element(tag="Deployment", default=None)

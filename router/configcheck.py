@@ -40,6 +40,7 @@ from router.config import (
     ProviderConfiguration,
     Secret,
     SystemConfiguration,
+    mask_url,
 )
 from router.errors import ConfigError
 
@@ -291,9 +292,11 @@ def _report(el: Element, model: type[BaseXmlModel], error: Any, problems: Proble
         problems.add(node, f"missing required {_describe_missing(missing)}")
         return
     text = _humanize(error)
+    if missing:  # an attribute: say which
+        text = f"{missing} {text}"
     value = error.get("input")
     if isinstance(value, str) and node_model is not Secret:
-        text += f" (got {value!r})"
+        text += f" (got {mask_url(value)!r})"  # a StateStore URL may carry a password
     problems.add(node, text)
 
 
@@ -335,7 +338,7 @@ def _humanize(error: Any) -> str:
         return "must be a whole number"
     msg = str(error.get("ctx", {}).get("orig") or error["msg"])
     msg = msg.removeprefix("Value error, ")
-    return re.sub(r"^Input should be", "must be", msg)
+    return re.sub(r"^(Input|String|Value) should", "must", msg)
 
 
 # -- pass 4: meaning --------------------------------------------------------------------------
@@ -501,7 +504,7 @@ def _humanize_option(name: str, text: str, allowed: list[str]) -> str:
     if text == "Field required":
         return "missing required parameter"
     text = text.removeprefix("Value error, ")
-    return re.sub(r"^Input should be", "must be", text)
+    return re.sub(r"^(Input|String|Value) should", "must", text)
 
 
 def _check_parameter_names(item: Bound, problems: Problems) -> None:

@@ -268,3 +268,30 @@ def test_provider_instance_checks_are_reported_at_the_element_they_name(tmp_path
         f"{path}:7: <AfterProcessing>: 'move:Done' is not possible with POP3 "
         "(no flags, no folders): use leave or delete"
     ]
+
+
+def test_state_store_url_is_checked_and_its_password_never_echoed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "  <SystemConfiguration><StateStore>postgres://u:dbpw@db/x</StateStore>"
+        "</SystemConfiguration>\n",
+    )
+
+    assert problems_of(path) == [
+        f"{path}:3: <StateStore>: must be a sqlite, redis, rediss, unix, memory URL "
+        "(got 'postgres://u:***@db/x')"
+    ]
+
+
+def test_empty_name_attribute_is_reported_naming_the_attribute(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """  <ProviderConfiguration Name="">
+    <ProviderClass>memory</ProviderClass><Direction>Incoming</Direction>
+  </ProviderConfiguration>
+""",
+    )
+
+    assert problems_of(path) == [
+        f"{path}:3: <ProviderConfiguration>: Name= must have at least 1 character (got '')"
+    ]
