@@ -93,10 +93,20 @@ def _count(report: object, *names: str) -> int:
     return sum(int(getattr(report, n, 0) or 0) for n in names)
 
 
+def is_busy(report: object) -> bool:
+    """True for a cycle that did not run because another worker held the lease.
+
+    Incoming reports say so in ``skipped`` (a reason string), outgoing ones in ``busy``
+    (their ``skipped`` is a count of emails).
+    """
+    skipped = getattr(report, "skipped", None)
+    return (isinstance(skipped, str) and bool(skipped)) or bool(getattr(report, "busy", None))
+
+
 def record_cycle(report: object) -> None:
     """Count what one cycle did (``report.instance`` names it); skipped cycles count nothing."""
     instance = str(getattr(report, "instance", "") or "unknown")
-    if getattr(report, "skipped", None):
+    if is_busy(report):
         return
     DELIVERED.labels(instance).inc(_count(report, "delivered", "sent"))
     FAILED.labels(instance).inc(_count(report, "failed"))

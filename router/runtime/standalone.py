@@ -39,7 +39,14 @@ from types import FrameType
 from typing import Any
 
 from router import metrics
-from router.config import Configuration, Deployment, ProviderConfiguration, Settings, load_config
+from router.config import (
+    Configuration,
+    Deployment,
+    ProviderConfiguration,
+    Settings,
+    load_config,
+    load_settings,
+)
 from router.errors import ConfigError, RouterError, StopError
 from router.logsetup import configure_logging, log_context
 from router.models import Direction
@@ -52,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Seconds ``run`` waits for in-flight cycles after a stop request, at most.
 DEFAULT_SHUTDOWN_GRACE = 30.0
 #: Report attributes that are not "something happened" counters.
-_NOT_COUNTERS = frozenset({"duration", "instance", "skipped", "error", "outcomes"})
+_NOT_COUNTERS = frozenset({"duration", "instance", "error", "outcomes"})
 
 
 # -- one cycle ------------------------------------------------------------------------------------
@@ -152,10 +159,10 @@ def _fields(report: object) -> dict[str, Any]:
 
 
 def _is_count(key: str, value: object) -> bool:
-    # "listed" and "known" only say what was looked at, not what was done
+    # "listed", "known" and "pending" only say what was looked at, not what was done
     return (
         key not in _NOT_COUNTERS
-        and key not in ("listed", "known")
+        and key not in ("listed", "known", "pending")
         and isinstance(value, int)
         and not isinstance(value, bool)
     )
@@ -476,7 +483,7 @@ def main(
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> int:
     """``email-router run``: returns the exit code (exits hard if a cycle is stuck)."""
-    settings = Settings()
+    settings = load_settings()
     runtime = open_runtime(config_path, state_url, settings=settings, shutdown_grace=shutdown_grace)
     configure_logging(settings.log_level or runtime.config.system.log_level, settings.log_format)
     port = metrics_port if metrics_port is not None else settings.metrics_port

@@ -378,3 +378,12 @@ def test_run_delivers_the_mail_of_every_instance_once(
         assert rt.store.get_stats(box).processed == count
     assert f"a{tag}: staged 3, delivered 3" in caplog.text
     assert rt.store.get_lease(f"a{tag}") is None
+
+
+def test_progress_line_of_a_send_cycle_counts_sent_and_skipped_emails() -> None:
+    from router.outgoing import SendReport
+
+    assert progress_line(SendReport("relay", pending=4), 0.1) is None
+    assert progress_line(SendReport("relay", pending=4, sent=3, skipped=1), 0.5) == (
+        "relay: sent 3, skipped 1 (0.50s)"
+    )

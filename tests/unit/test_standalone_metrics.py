@@ -108,3 +108,14 @@ def test_the_exporter_serves_the_router_metrics_over_http() -> None:
             time.sleep(0.05)
     assert 'email_router_messages_delivered_total{instance="http-check"} 1.0' in body
     assert "email_router_crm_latency_seconds" in body
+
+
+def test_a_send_report_counts_sent_and_failed_and_a_busy_one_counts_nothing() -> None:
+    from router.outgoing import SendReport
+
+    name = f"out-{uuid.uuid4().hex[:6]}"
+    metrics.record_cycle(SendReport(name, sent=3, failed=1, skipped=2, duration=0.2))
+    metrics.record_cycle(SendReport(name, busy="lease held by host:1:2", sent=5))
+    assert sample("email_router_messages_delivered_total", instance=name) == 3
+    assert sample("email_router_messages_failed_total", instance=name) == 1
+    assert sample("email_router_poll_duration_seconds_count", instance=name) == 1
