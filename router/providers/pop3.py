@@ -132,11 +132,24 @@ class Pop3Provider(IncomingProvider):
 
     def _login(self, client: poplib.POP3) -> None:
         if self.credentials.mode == "xoauth2":
-            # poplib has no AUTH command; _shortcmd sends one line and checks +OK
-            client._shortcmd("AUTH XOAUTH2 " + self.credentials.xoauth2_string())  # type: ignore[attr-defined]
+            self._xoauth2(client)
         else:
             client.user(self.credentials.user)
             client.pass_(self.credentials.secret())
+
+    def _xoauth2(self, client: Any) -> None:
+        """``AUTH XOAUTH2 <initial response>`` (poplib has no AUTH; its private I/O is used).
+
+        A refused token is answered with a ``+ <error>`` challenge, which poplib would take for
+        success: the client acknowledges it with an empty line and the server then says -ERR.
+        """
+        client._putcmd("AUTH XOAUTH2 " + self.credentials.xoauth2_string())
+        resp: bytes = client._getresp()
+        if resp.startswith(b"+OK"):
+            return
+        client._putcmd("")
+        client._getresp()  # raises error_proto with the server's -ERR
+        raise poplib.error_proto("-ERR XOAUTH2 token refused")
 
     def _close(self) -> None:
         """QUIT (which also applies deletions not yet committed) and forget the session."""

@@ -13,7 +13,7 @@ from router.models import MessageRef
 from router.providers.base import InstanceState
 from router.providers.imap import ImapProvider, parse_key, uid_set
 from tests.servers.common import free_port
-from tests.servers.dovecot import Dovecot, DroppingProxy, message
+from tests.servers.dovecot import Dovecot, DroppingProxy, message, oauth_token
 
 pytestmark = pytest.mark.dovecot
 
@@ -297,3 +297,30 @@ def test_uid_set_is_compact(uids: list[int], expected: str) -> None:
 def _reset_counter() -> Iterator[None]:
     CountingProvider.body_fetches = 0
     yield
+
+
+def test_xoauth2_login_with_a_token_provider(dovecot: Dovecot, user_with_mail: str) -> None:
+    cfg = _xoauth2_config(dovecot, user_with_mail, token_provider=f"{__name__}:good_token")
+    assert len(list_all(cfg)) == 5
+
+
+def test_xoauth2_token_from_the_password_element(dovecot: Dovecot, user_with_mail: str) -> None:
+    cfg = _xoauth2_config(dovecot, user_with_mail, password=oauth_token(user_with_mail))
+    assert len(list_all(cfg)) == 5
+
+
+def test_refused_xoauth2_token_is_an_auth_error(dovecot: Dovecot, dovecot_user: str) -> None:
+    with pytest.raises(ProviderAuthError):
+        opened(_xoauth2_config(dovecot, dovecot_user, password="expired"))
+
+
+def good_token(cfg: ProviderConfiguration) -> str:
+    """token_provider used above: called with the instance's configuration at each login."""
+    return oauth_token(cfg.email_user or "")
+
+
+def _xoauth2_config(
+    dovecot: Dovecot, user: str, password: str = "unused", **params: str
+) -> ProviderConfiguration:
+    cfg = dovecot.provider_config(user, password=password, **params)
+    return cfg.model_copy(update={"email_auth_mode": "xoauth2"})

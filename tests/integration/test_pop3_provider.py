@@ -12,7 +12,7 @@ from router.models import MessageRef
 from router.providers.base import InstanceState
 from router.providers.pop3 import Pop3Provider
 from tests.servers.common import free_port
-from tests.servers.dovecot import Dovecot, DroppingProxy, message
+from tests.servers.dovecot import Dovecot, DroppingProxy, message, oauth_token
 
 pytestmark = pytest.mark.dovecot
 
@@ -163,3 +163,15 @@ def test_untrusted_certificate_is_refused_by_default(
     cfg = dovecot.provider_config(dovecot_user, "pop3", security)  # type: ignore[arg-type]
     with pytest.raises(ProviderAuthError, match="SSLCertVerificationError"):
         opened(cfg)
+
+
+def test_xoauth2_login(dovecot: Dovecot, user_with_mail: str) -> None:
+    cfg = dovecot.provider_config(user_with_mail, "pop3", password=oauth_token(user_with_mail))
+    cfg = cfg.model_copy(update={"email_auth_mode": "xoauth2"})
+    assert len(list_all(cfg)) == 5
+
+
+def test_refused_xoauth2_token_is_an_auth_error(dovecot: Dovecot, dovecot_user: str) -> None:
+    cfg = dovecot.provider_config(dovecot_user, "pop3", password="expired")
+    with pytest.raises(ProviderAuthError):
+        opened(cfg.model_copy(update={"email_auth_mode": "xoauth2"}))

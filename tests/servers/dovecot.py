@@ -13,6 +13,8 @@ server and cuts the connection after N bytes from the server (a mid-FETCH drop, 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -50,7 +53,7 @@ ssl = yes
 ssl_cert = <{root}/cert.pem
 ssl_key = <{root}/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2
 auth_failure_delay = 0
 mail_location = maildir:{root}/mail/%u
 mail_fsync = never
@@ -59,18 +62,25 @@ default_login_user = dovenull
 default_internal_user = dovecot
 first_valid_uid = 1
 passdb {{
+  driver = oauth2
+  mechanisms = xoauth2
+  args = {root}/oauth2.conf.ext
+}}
+passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {root}/users
 }}
 # any other user name logs in with PASSWORD: a fresh mailbox per test, no passwd-file
 # round trip (Dovecot re-reads the passwd-file at most once a second)
 passdb {{
   driver = static
+  mechanisms = plain login
   args = password={password}
 }}
 userdb {{
   driver = static
-  args = uid=dovecot gid=dovecot home={root}/mail/%u
+  args = uid=dovecot gid=dovecot home={root}/mail/%u allow_all_users=yes
 }}
 service imap-login {{
   inet_listener imap {{
@@ -100,6 +110,42 @@ service anvil {{
 """
 
 
+OAUTH2_CONFIG = """\
+introspection_mode = post
+introspection_url = http://127.0.0.1:{port}/introspect
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
+
+def oauth_token(user: str) -> str:
+    """An access token the test introspection endpoint accepts for ``user``."""
+    return f"tok-{user}"
+
+
+class _Introspection(http.server.BaseHTTPRequestHandler):
+    """RFC 7662 token introspection for Dovecot's oauth2 passdb: ``tok-<user>`` is valid."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+        token = form.get("token", [""])[0]
+        if token.startswith("tok-"):
+            body = {"active": "true", "username": token[4:]}
+        else:
+            body = {"active": "false"}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+
 class Dovecot:
     """A running private Dovecot and the helpers tests use to read and change mailboxes."""
 
@@ -111,6 +157,10 @@ class Dovecot:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._oauth = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Introspection)
+        threading.Thread(target=self._oauth.serve_forever, daemon=True).start()
+        port = self._oauth.server_address[1]
+        (self.root / "oauth2.conf.ext").write_text(OAUTH2_CONFIG.format(port=port))
         (self.root / "users").write_text("")
         (self.root / "mail").mkdir()
         shutil.chown(self.root / "mail", "dovecot", "dovecot")
@@ -122,6 +172,8 @@ class Dovecot:
     def stop(self) -> None:
         subprocess.run(["doveadm", "-c", str(self.conf), "stop"], timeout=30, check=False)
         wait_for(lambda: not port_open(self.ports["imap"]), 10)
+        self._oauth.shutdown()
+        self._oauth.server_close()
 
     def log_tail(self, lines: int = 20) -> str:
         log = self.root / "dovecot.log"
@@ -349,13 +401,9 @@ class DroppingProxy:
             thread.join(5)
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
-    """The session's private Dovecot (skipped locally / failed in CI when not installed)."""
-    require(
-        shutil.which("dovecot") is not None and shutil.which("doveadm") is not None,
-        "dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)",
-    )
+@contextlib.contextmanager
+def running_dovecot() -> Iterator[Dovecot]:
+    """Start a private Dovecot with a fresh trustme CA in a temp dir; stop and remove it after."""
     import trustme
 
     root = Path(tempfile.mkdtemp(prefix="er-dovecot-"))
@@ -373,6 +421,19 @@ def dovecot() -> Iterator[Dovecot]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def dovecot_installed() -> bool:
+    return shutil.which("dovecot") is not None and shutil.which("doveadm") is not None
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """The session's private Dovecot (skipped locally / failed in CI when not installed)."""
+    hint = "dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)"
+    require(dovecot_installed(), hint)
+    with running_dovecot() as server:
+        yield server
 
 
 @pytest.fixture
