@@ -88,8 +88,9 @@ class Problems:
     def raise_if_any(self, file: str) -> None:
         if self.items:
             lines = [p.format(file) for p in sorted(self.items)]
-            count = len(lines)
-            raise ConfigError(f"{file}: {count} problem(s) in the configuration", lines)
+            # The message lists them too: runtimes log str(exc) when a reload fails.
+            summary = f"{len(lines)} problem(s) in the configuration:\n" + "\n".join(lines)
+            raise ConfigError(summary, lines)
 
 
 def check_file(path: Path) -> Configuration:
