@@ -293,7 +293,7 @@ def _report(el: Element, model: type[BaseXmlModel], error: Any, problems: Proble
         problems.add(node, f"missing required {_describe_missing(missing)}")
         return
     text = _humanize(error)
-    if missing:  # an attribute: say which
+    if missing and missing.endswith("="):  # an attribute: say which
         text = f"{missing} {text}"
     value = error.get("input")
     if isinstance(value, str) and node_model is not Secret:

@@ -295,3 +295,19 @@ def test_empty_name_attribute_is_reported_naming_the_attribute(tmp_path: Path) -
     assert problems_of(path) == [
         f"{path}:3: <ProviderConfiguration>: Name= must have at least 1 character (got '')"
     ]
+
+
+def test_stray_text_and_elements_inside_values_are_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """  <ProviderConfiguration Name="x">stray
+    <ProviderClass>memory</ProviderClass><Direction>Incoming</Direction>
+    <EmailServer><Host>mail</Host></EmailServer>
+  </ProviderConfiguration>
+""",
+    )
+
+    assert problems_of(path) == [
+        f"{path}:3: <ProviderConfiguration>: unexpected text: only child elements belong here",
+        f"{path}:5: <EmailServer>: expected a value, not child elements",
+    ]
