@@ -14,10 +14,15 @@ Connection string:
     redis-py query options such as ``?socket_timeout=2`` apply.
 
 Errors:
-    ``ConnectionError``/``TimeoutError`` of redis-py (after its own short retries) become
-    :class:`~router.errors.StateUnavailable`. A stored value that does not decode raises
-    :class:`~router.errors.StateCorrupt` for that entry only; :meth:`RedisStore.list_entries` and
-    :meth:`RedisStore.count_entries` skip damaged entries and log a warning naming them.
+    ``ConnectionError``/``TimeoutError`` of redis-py (after its own short retries), and a server
+    that is loading, read-only or out of memory, become :class:`~router.errors.StateUnavailable`.
+    A stored value that does not decode raises :class:`~router.errors.StateCorrupt` for that
+    entry only; :meth:`RedisStore.list_entries` and :meth:`RedisStore.count_entries` skip
+    damaged entries and log a warning naming them.
+
+Memory: an idle instance costs about 400 bytes (token, cursor, stats hash, a set member; see
+``tests/benchmarks/bench_state_store.py``). Use ``maxmemory-policy noeviction``: an evicted
+lease or ledger key would silently break the guarantees.
 
 Not for Redis Cluster: the scripts build raw-message keys from the ledger key.
 """
@@ -47,14 +52,26 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+#: Failures that pass: the server is unreachable, loading, read-only after a failover, or full.
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ExecAbortError,
+)
+
+
 def _guarded(method: Callable[P, T]) -> Callable[P, T]:
-    """Turn redis-py connection failures into StateUnavailable (the runtimes retry those)."""
+    """Turn passing redis-py failures into StateUnavailable (the runtimes retry those)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except TRANSIENT as exc:
             raise StateUnavailable(f"Redis state store unreachable: {type(exc).__name__}") from exc
 
     return wrapper

@@ -192,11 +192,11 @@ class SqliteStore(StateStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
+            if conn.in_transaction:  # also after a failed COMMIT, or the next BEGIN would fail
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @_guarded
     def _init_schema(self) -> None:

@@ -38,6 +38,10 @@ class StateStoreContract:
         """Overwrite the stored ledger entry ``key`` with garbage (invalid JSON, no state)."""
         raise NotImplementedError
 
+    def corrupt_cursor(self, store: StateStore, instance: str) -> None:
+        """Overwrite the stored cursor of ``instance`` with text that is not JSON."""
+        raise NotImplementedError
+
     # -- leases ---------------------------------------------------------------------------------
     def test_two_holders_cannot_take_one_lease(self, store: StateStore) -> None:
         first = store.acquire_lease(INST, "worker-a", 30)
@@ -329,6 +333,20 @@ class StateStoreContract:
         store.delete_entry(INST, "bad")
         assert store.get_entry(INST, "bad") is None
 
+    def test_damaged_cursor_raises_state_corrupt_and_can_be_overwritten(
+        self, store: StateStore
+    ) -> None:
+        if not self.supports_corruption:
+            pytest.skip("this backend stores objects, nothing can be damaged")
+        lease = store.acquire_lease(INST, "a", 30)
+        assert lease is not None
+        store.set_cursor(lease, {"uid": 1})
+        self.corrupt_cursor(store, INST)
+        with pytest.raises(StateCorrupt):
+            store.get_cursor(INST)
+        store.set_cursor(lease, {"uid": 2})
+        assert store.get_cursor(INST) == {"uid": 2}
+
 
 class TestMemoryStore(StateStoreContract):
     supports_corruption = False
@@ -352,6 +370,10 @@ class TestSqliteStore(StateStoreContract):
             " WHERE instance = ? AND key = ?",
             (instance, key),
         )
+
+    def corrupt_cursor(self, store: StateStore, instance: str) -> None:
+        assert isinstance(store, SqliteStore)
+        store._conn().execute("UPDATE cursors SET value = '{uid' WHERE instance = ?", (instance,))
 
     def test_purge_forgets_message_ids_older_than_the_ttl(self, tmp_path: Path) -> None:
         now = [1_000_000.0]
@@ -398,6 +420,12 @@ class TestRedisStore(StateStoreContract):
 
         assert isinstance(store, RedisStore)
         store._r.hset(store.keys.ledger(instance), key, '{"s": broken')
+
+    def corrupt_cursor(self, store: StateStore, instance: str) -> None:
+        from router.state.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        store._r.set(store.keys.cursor(instance), b"\xff{uid")
 
     def test_message_ids_expire_after_the_ttl(self, store: StateStore, redis_url: str) -> None:
         from router.state.redis import RedisStore
