@@ -19,6 +19,7 @@ from the parsed tree (``get_payload(decode=True)``) without further copies.
 
 from __future__ import annotations
 
+import binascii
 import html
 import mimetypes
 import re
@@ -177,6 +178,7 @@ def part_text(part: Message, defects: list[str] | None = None) -> str:
     data = payload_bytes(part)
     charset = _param(part, "content-type", "charset")
     text, fallback = decode_bytes(data, charset)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if fallback and defects is not None:
         defects.append(f"charset-fallback:{(charset or 'none').lower()[:40]}")
     return text
@@ -184,6 +186,13 @@ def part_text(part: Message, defects: list[str] | None = None) -> str:
 
 def payload_bytes(part: Message) -> bytes:
     """A leaf's content with its transfer encoding undone (lenient with bad base64)."""
+    raw = part.get_payload()
+    if isinstance(raw, str) and _transfer_encoding(part) == "base64":
+        # binascii reads the ASCII str in place; the stdlib path makes three copies first.
+        try:
+            return binascii.a2b_base64(raw)
+        except (binascii.Error, ValueError):
+            pass  # bad padding or 8-bit junk: let the lenient stdlib decoder try
     try:
         data = part.get_payload(decode=True)
     except Exception:
@@ -192,6 +201,10 @@ def payload_bytes(part: Message) -> bytes:
         return data
     raw = part.get_payload()
     return raw.encode("utf-8", errors="surrogateescape") if isinstance(raw, str) else b""
+
+
+def _transfer_encoding(part: Message) -> str:
+    return (raw_header(part, "content-transfer-encoding") or "").strip().lower()
 
 
 def _attach_leaf(part: Message, ctype: str, found: Collected) -> None:

@@ -88,6 +88,10 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
             return data.decode(codec), False
         except (UnicodeDecodeError, LookupError, ValueError):
             pass
+        if codec.startswith("iso2022_jp"):
+            converted = iso2022jp_to_sjis(data)
+            if converted is not None:
+                return converted.decode("cp932", errors="replace"), False
     if codec != "utf-8":
         try:
             return data.decode("utf-8"), codec is not None or bool(charset)
@@ -99,6 +103,42 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, bool]:
         return data.decode(codec, errors="replace"), True
     except (LookupError, ValueError):
         return data.decode("cp1252", errors="replace"), True
+
+
+def iso2022jp_to_sjis(data: bytes) -> bytes | None:
+    """Re-encode ISO-2022-JP as Shift_JIS, so that the Windows code page (cp932) can decode it.
+
+    Japanese Windows mailers write NEC and IBM extension characters (circled digits, No.) in
+    ISO-2022-JP, which Python's strict ISO-2022-JP codecs refuse; cp932 knows them. Returns None
+    when ``data`` uses escape sequences other than ASCII, JIS-Roman, JIS X 0208 and katakana.
+    """
+    out = bytearray()
+    mode = "ascii"
+    i = 0
+    while i < len(data):
+        if data[i] == 0x1B:
+            mode = _ISO2022JP_ESCAPES.get(data[i + 1 : i + 3], "")
+            if not mode:
+                return None
+            i += 3
+        elif mode == "jis" and data[i] > 0x20 and i + 1 < len(data):
+            out += _jis_to_sjis(data[i], data[i + 1])
+            i += 2
+        else:
+            out.append(data[i] | 0x80 if mode == "kana" and 0x20 < data[i] < 0x60 else data[i])
+            i += 1
+    return bytes(out)
+
+
+_ISO2022JP_ESCAPES = {b"(B": "ascii", b"(J": "ascii", b"$@": "jis", b"$B": "jis", b"(I": "kana"}
+
+
+def _jis_to_sjis(j1: int, j2: int) -> bytes:
+    s1 = (j1 + 1) // 2 + 0x70
+    s1 += 0x40 if s1 >= 0xA0 else 0
+    # odd rows map to the lower half of the trail byte (skipping 0x7F), even rows to the upper
+    s2 = (j2 + 0x1F + (1 if j2 >= 0x60 else 0)) if j1 % 2 else j2 + 0x7E
+    return bytes((s1 & 0xFF, s2 & 0xFF))
 
 
 def fix_surrogates(text: str) -> str:
