@@ -83,13 +83,18 @@ class SystemConfiguration(BaseXmlModel, tag="SystemConfiguration", frozen=True):
     @field_validator("state_store")
     @classmethod
     def _check_state_store(cls, value: str) -> str:
-        value = value.strip()
-        scheme = value.split(":", 1)[0].lower()
-        if scheme == "sqlite" and not value.startswith("sqlite:///"):
-            raise ValueError("must be sqlite:///path (three slashes)")
-        if scheme not in STATE_SCHEMES:
-            raise ValueError(f"must be a {', '.join(STATE_SCHEMES)} URL")
-        return value
+        return check_state_url(value)
+
+
+def check_state_url(value: str) -> str:
+    """Return the stripped state store URL; ValueError when its scheme is not supported."""
+    value = value.strip()
+    scheme = value.split(":", 1)[0].lower()
+    if scheme == "sqlite" and not value.startswith("sqlite:///"):
+        raise ValueError("must be sqlite:///path (three slashes)")
+    if scheme not in STATE_SCHEMES:
+        raise ValueError(f"must be a {', '.join(STATE_SCHEMES)} URL")
+    return value
 
 
 class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
@@ -228,6 +233,11 @@ class Settings(BaseSettings):
     #: ``ROUTER_METRICS_PORT``: serve Prometheus metrics on this port when set.
     metrics_port: int | None = None
 
+    @field_validator("state_url")
+    @classmethod
+    def _check_state_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_state_url(value)
+
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             if name == "flower_basic_auth" and value:
@@ -252,7 +262,9 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = [
-            f"environment: ROUTER_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+            f"environment: ROUTER_{str(e['loc'][0]).upper()}: "
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
         ]
         raise ConfigError("invalid ROUTER_* environment variables", problems) from None
 

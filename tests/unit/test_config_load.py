@@ -311,3 +311,16 @@ def test_stray_text_and_elements_inside_values_are_reported(tmp_path: Path) -> N
         f"{path}:3: <ProviderConfiguration>: unexpected text: only child elements belong here",
         f"{path}:5: <EmailServer>: expected a value, not child elements",
     ]
+
+
+def test_bad_state_url_in_the_environment_is_reported_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROUTER_STATE_URL", "postgres://u:dbpw@db/x")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+
+    assert raised.value.problems == [
+        "environment: ROUTER_STATE_URL: must be a sqlite, redis, rediss, unix, memory URL"
+    ]
