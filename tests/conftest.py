@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.servers.redis_server",
     "tests.servers.dovecot",
     "tests.servers.smtp",
+    "tests.servers.simulator",
 ]

@@ -99,7 +99,7 @@ def seed_pending(sim: Simulator, spec: dict[str, Any]) -> list[str]:
                 "directioncode": 1, "sender": spec.get("sender", "sales@example.com"),
                 "torecipients": ";".join(spec.get("to", ["customer@example.net"])),
                 "statecode": 1, "statuscode": 6, "ownerid": spec.get("owner_id"),
-                "queueid": spec.get("queue_id"), "origin": "seed",
+                "emailsender": spec.get("queue_id") or spec.get("owner_id"), "origin": "seed",
                 "trackingtoken": spec.get("tracking_token"),
                 "createdon": time.time() + n * 1e-6, "modifiedon": time.time(),
             }  # fmt: skip

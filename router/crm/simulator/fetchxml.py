@@ -16,10 +16,15 @@ from defusedxml import ElementTree as SafeET
 
 from router.crm.simulator.odata import bad_request
 
-#: Attributes a condition may test (``ownerid``/``queueid`` are the owning user and the queue).
+#: Attributes a condition may test (``emailsender`` is the id of the From party: user or queue).
 FILTERABLE = (
-    "activityid", "statuscode", "statecode", "directioncode", "ownerid", "queueid", "sender",
+    "activityid", "statuscode", "statecode", "directioncode", "ownerid", "emailsender", "sender",
     "messageid", "createdon", "deliveryattempts",
+)  # fmt: skip
+
+READABLE = (
+    *FILTERABLE, "subject", "description", "trackingtoken", "prioritycode", "torecipients",
+    "modifiedon", "receivedon", "submittedby",
 )  # fmt: skip
 
 
@@ -33,6 +38,9 @@ def evaluate(query: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any
     if fetch.tag != "fetch" or entity is None or entity.get("name") != "email":
         raise bad_request("FetchXML must be <fetch><entity name='email'>...</entity></fetch>.")
     selected = [a.get("name", "") for a in entity.findall("attribute")]
+    for name in selected:
+        if name not in READABLE:
+            raise bad_request(f"'email' entity doesn't contain attribute with Name = '{name}'.")
     filt = entity.find("filter")
     matched = [r for r in rows if filt is None or _matches(filt, r)]
     for order in reversed(entity.findall("order")):

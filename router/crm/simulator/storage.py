@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS emails (
     messageid TEXT, directioncode INTEGER NOT NULL DEFAULT 0, sender TEXT, torecipients TEXT,
     trackingtoken TEXT, deliveryattempts INTEGER NOT NULL DEFAULT 0,
     prioritycode INTEGER NOT NULL DEFAULT 1, statecode INTEGER NOT NULL DEFAULT 0,
-    statuscode INTEGER NOT NULL DEFAULT 1, ownerid TEXT, queueid TEXT, submittedby TEXT,
+    statuscode INTEGER NOT NULL DEFAULT 1, ownerid TEXT, queueid TEXT, emailsender TEXT,
+    submittedby TEXT,
     receivedon TEXT, createdon REAL NOT NULL, modifiedon REAL NOT NULL, origin TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS emails_msgid ON emails (org, messageid);

@@ -261,7 +261,7 @@ def _insert_created(store: Store, db: Any, org: str, body: dict[str, Any], statu
             p["addressused"] or "" for p in parties if p["participationtypemask"] == 2),
         "prioritycode": body.get("prioritycode", 1), "statecode": VALID_STATUS[status],
         "statuscode": status, "ownerid": owner, "origin": "webapi",
-        "queueid": sender["partyid"] if sender and sender["partytype"] == "queues" else None,
+        "emailsender": sender.get("partyid") if sender else None,
     })  # fmt: skip
     for party in parties:
         store.insert_party(db, org, email_id, party)

@@ -1,0 +1,464 @@
+"""The Dataverse (Dynamics 365) CRM adapter over the Web API with OAuth 2.0 client credentials.
+
+Use :class:`DataverseAdapter` (built by ``router.service.make_crm`` from a ``<Deployment>``) to
+deliver incoming email as activities and to send the CRM's outgoing email.
+
+Features:
+    * Incoming: CheckIncomingEmail (duplicate / acceptance check), then DeliverIncomingEmail with
+      every field, ``ExtraProperties`` for the receiving user/queue and ``SubmittedBy`` for the
+      receiving mailbox. :meth:`~DataverseAdapter.deliver_many` sends many activities through
+      ``$batch`` (``batch_size`` per request, ``Prefer: odata.continue-on-error``, one result
+      per activity) with up to ``max_workers`` batches in flight.
+    * Outgoing: BackgroundSendEmail with a FetchXML query for the owners' Pending Send emails,
+      parties and attachments fetched in one ``$batch``; SendEmail(IssueSend=false) marks Sent;
+      a PATCH to Failed (8) plus a note with the reason; ``deliveryattempts`` updates.
+    * Errors: see ``dataverse_http`` (429 waits exactly Retry-After; 5xx/timeouts retried; 4xx
+      permanent for the record; 401 after a token refresh stops the instance).
+
+Connection: ``<CrmServerUrl>`` (``https://org.crm.dynamics.com``), ``<TenantId>`` or
+``<Authority>``, ``<ClientId>``, ``<ClientSecret>``, ``<ApiVersion>``, ``<CaBundle>``.
+
+Options (:class:`DataverseOptions`): ``batch_size`` (10), ``max_workers`` (16, at most 50),
+``attachments`` (``inline`` or ``separate``), timeouts, retry policy, ``failure_note``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from router.crm.base import CrmAdapter, DeliveryTarget, Owners
+from router.crm.dataverse_auth import TokenSource, default_authority
+from router.crm.dataverse_batch import Part, PartResult, build_batch, parse_batch
+from router.crm.dataverse_http import (
+    HARD_MAX_CONNECTIONS,
+    RETRYABLE_STATUS,
+    RetryPolicy,
+    WebApi,
+    make_session,
+    retry_after_seconds,
+    status_error,
+)
+from router.crm.dataverse_payloads import (
+    FAILED,
+    NS,
+    SENT,
+    attachment_entity,
+    check_incoming_path,
+    deliver_params,
+    entities_of,
+    odata_string,
+    outbound_email,
+    pending_fetchxml,
+)
+from router.errors import CrmAuthError, CrmError, CrmRejected, CrmUnavailable
+from router.models import Activity, Attachment, DeliveryResult, OutboundEmail
+
+if TYPE_CHECKING:
+    from router.config import Deployment
+
+log = logging.getLogger("router.crm.dataverse")
+
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+DELIVER = "emails/Microsoft.Dynamics.CRM.DeliverIncomingEmail"
+REASONS = {
+    -1: "Unknown",
+    0: "Duplicate",
+    1: "NoCorrelationMatch",
+    2: "CorrelationMatch",
+    3: "NoRecipientMatch",
+    4: "InternalEmailReject",
+    5: "SenderMatch",
+    6: "AcceptAll",
+    7: "InvalidSender",
+}
+
+
+@dataclass(frozen=True)
+class DataverseOptions:
+    """Tuning of the adapter.
+
+    ``attachments``: ``inline`` (default) sends them inside DeliverIncomingEmail, so the email
+    and its attachments are created in one request and a failure leaves nothing half-made;
+    ``separate`` creates the email first and then one ``activitymimeattachments`` record per
+    attachment - the shape Dataverse documents explicitly, for organisations that refuse
+    inline attachments; a retry after a partial failure adds only the missing files (matched by
+    file name), and such activities are delivered one by one rather than in ``$batch``.
+    """
+
+    batch_size: int = 10
+    max_workers: int = 16
+    attachments: Literal["inline", "separate"] = "inline"
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    failure_note: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 1000:
+            raise ValueError("batch_size must be 1..1000")
+        if not 1 <= self.max_workers <= HARD_MAX_CONNECTIONS:
+            raise ValueError(f"max_workers must be 1..{HARD_MAX_CONNECTIONS} (Dataverse allows 52)")
+
+
+class DataverseAdapter(CrmAdapter):
+    """Dataverse Web API adapter; thread-safe, one instance per Deployment."""
+
+    name = "dataverse"
+
+    def __init__(
+        self,
+        server_url: str,
+        authority: str,
+        client_id: str,
+        client_secret: Callable[[], str],
+        *,
+        api_version: str = "9.2",
+        ca_bundle: str | None = None,
+        options: DataverseOptions | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.options = options or DataverseOptions()
+        self.server_url = server_url.rstrip("/")
+        base_url = f"{self.server_url}/api/data/v{api_version}/"
+        self.service_path = urlsplit(base_url).path
+        session = make_session(ca_bundle, self.options.max_workers + 2)
+        self.tokens = TokenSource(authority, client_id, client_secret, self.server_url, session)
+        timeout = (self.options.connect_timeout, self.options.read_timeout)
+        self.api = WebApi(base_url, self.tokens, session, timeout, self.options.retry, sleep)
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"DataverseAdapter({self.server_url!r}, client_id={self.tokens.client_id!r})"
+
+    @classmethod
+    def from_deployment(
+        cls, dep: Deployment, options: DataverseOptions | None = None
+    ) -> DataverseAdapter:
+        """Build the adapter from a ``<Deployment>`` of the configuration file."""
+        if not dep.client_id or dep.client_secret is None:
+            raise CrmAuthError(
+                f"Deployment {dep.name!r}: <ClientId> and <ClientSecret> are required"
+            )
+        secret = dep.client_secret
+
+        def read_secret() -> str:
+            try:
+                return secret.get_secret_value()
+            except (KeyError, OSError) as exc:
+                raise CrmAuthError(
+                    f"Deployment {dep.name!r}: <ClientSecret> unreadable ({secret!r}: "
+                    f"{type(exc).__name__})"
+                ) from None
+
+        authority = (dep.authority or default_authority(dep.tenant_id)).rstrip("/")
+        return cls(
+            dep.crm_server_url,
+            authority,
+            dep.client_id,
+            read_secret,
+            api_version=dep.api_version,
+            ca_bundle=dep.ca_bundle,
+            options=options,
+        )
+
+    # -- incoming ----------------------------------------------------------------------------
+
+    def check_incoming(self, activity: Activity, target: DeliveryTarget) -> bool:
+        return bool(self._check(activity)["ShouldDeliver"])
+
+    def _check(self, activity: Activity) -> dict[str, Any]:
+        answer: dict[str, Any] = self.api.call(
+            "GET", check_incoming_path(activity), "CheckIncomingEmail"
+        ).json()
+        return answer
+
+    def deliver(self, activity: Activity, target: DeliveryTarget) -> DeliveryResult:
+        _require_message_id(activity)
+        check = self._check(activity)
+        code = int(check.get("ReasonCode", -1))
+        if code == 0:
+            existing = self._find_by_message_id(activity.message_id)
+            if existing and self._separate(activity):
+                self._complete_attachments(existing, activity.attachments)
+            return DeliveryResult(existing, duplicate=True)
+        if not check.get("ShouldDeliver"):
+            raise CrmRejected(
+                f"CheckIncomingEmail declined the message: ReasonCode {code} "
+                f"({REASONS.get(code, 'unknown')})"
+            )
+        return DeliveryResult(self._deliver_now(activity, target))
+
+    def _deliver_now(self, activity: Activity, target: DeliveryTarget) -> str:
+        params = deliver_params(activity, target, inline=not self._separate(activity))
+        email_id = str(
+            self.api.call("POST", DELIVER, "DeliverIncomingEmail", json=params).json()["EmailId"]
+        )
+        if self._separate(activity):
+            self._complete_attachments(email_id, activity.attachments)
+        return email_id
+
+    def _separate(self, activity: Activity) -> bool:
+        return self.options.attachments == "separate" and bool(activity.attachments)
+
+    def _complete_attachments(self, email_id: str, attachments: tuple[Attachment, ...]) -> None:
+        present = {a["filename"] for a in self._attachments_of(email_id, "filename")}
+        for att in attachments:
+            if (att.filename or "attachment") not in present:
+                self.api.call(
+                    "POST",
+                    "activitymimeattachments",
+                    "create attachment",
+                    json=attachment_entity(att, email_id),
+                )
+
+    def _attachments_of(self, email_id: str, select: str) -> list[dict[str, Any]]:
+        path = f"activitymimeattachments?$filter=_objectid_value eq {email_id}&$select={select}"
+        value: list[dict[str, Any]] = self.api.call("GET", path, "read attachments").json()["value"]
+        return value
+
+    def _find_by_message_id(self, message_id: str) -> str | None:
+        path = f"emails?$filter=messageid eq {odata_string(message_id)}&$select=activityid&$top=1"
+        rows = self.api.call("GET", path, "find email by Message-ID").json().get("value", [])
+        return str(rows[0]["activityid"]) if rows else None
+
+    def deliver_many(
+        self, items: Sequence[tuple[Activity, DeliveryTarget]]
+    ) -> list[DeliveryResult | CrmError]:
+        """Deliver through ``$batch``: a duplicate gets its existing id (``duplicate`` unknown).
+
+        Without a CheckIncomingEmail per message (that would double the requests), a Message-ID
+        Dataverse already holds is answered with the existing activity's id by the duplicate
+        detection of DeliverIncomingEmail, so ``duplicate`` stays False in those results.
+        """
+        results: list[DeliveryResult | CrmError | None] = [None] * len(items)
+        batched, singles = [], []
+        for i, (activity, _) in enumerate(items):
+            if not activity.message_id:
+                results[i] = CrmRejected("activity has no Message-ID")
+            elif self._separate(activity):
+                singles.append(i)
+            else:
+                batched.append(i)
+        size = self.options.batch_size
+        chunks = [batched[k : k + size] for k in range(0, len(batched), size)]
+        self._run_parallel(items, chunks, singles, results)
+        return [r if r is not None else CrmUnavailable("not delivered") for r in results]
+
+    def _run_parallel(
+        self,
+        items: Sequence[tuple[Activity, DeliveryTarget]],
+        chunks: list[list[int]],
+        singles: list[int],
+        results: list[DeliveryResult | CrmError | None],
+    ) -> None:
+        jobs = len(chunks) + len(singles)
+        if not jobs:
+            return
+        futures: dict[Future[list[DeliveryResult | CrmError]], list[int]] = {}
+        with ThreadPoolExecutor(min(self.options.max_workers, jobs), "dataverse") as pool:
+            for chunk in chunks:
+                futures[pool.submit(self._deliver_chunk, [items[i] for i in chunk])] = chunk
+            for i in singles:
+                futures[pool.submit(self._deliver_single, *items[i])] = [i]
+        first_error: BaseException | None = None
+        for future, indexes in futures.items():
+            error = future.exception()
+            if error is not None:
+                first_error = first_error or error
+                continue
+            for index, result in zip(indexes, future.result(), strict=True):
+                results[index] = result
+        if first_error is not None:
+            raise first_error
+
+    def _deliver_single(
+        self, activity: Activity, target: DeliveryTarget
+    ) -> list[DeliveryResult | CrmError]:
+        try:
+            return [self.deliver(activity, target)]
+        except CrmRejected as exc:
+            return [exc]
+
+    def _deliver_chunk(
+        self, chunk: list[tuple[Activity, DeliveryTarget]]
+    ) -> list[DeliveryResult | CrmError]:
+        out: list[DeliveryResult | CrmError | None] = [None] * len(chunk)
+        pending = list(range(len(chunk)))
+        for attempt in range(1, self.options.retry.max_attempts + 1):
+            parts = [Part("POST", DELIVER, deliver_params(*chunk[i], inline=True)) for i in pending]
+            answers = self._batch(parts, f"$batch of {len(parts)} DeliverIncomingEmail")
+            pending, wait = self._take_results(pending, answers, out)
+            if not pending:
+                return [r for r in out if r is not None]
+            if attempt < self.options.retry.max_attempts:
+                self._sleep(wait if wait is not None else self.options.retry.backoff(attempt))
+        raise CrmUnavailable(f"{len(pending)} batch part(s) still failing", retry_after=wait)
+
+    def _take_results(
+        self,
+        pending: list[int],
+        answers: list[PartResult],
+        out: list[DeliveryResult | CrmError | None],
+    ) -> tuple[list[int], float | None]:
+        """Store final part results in ``out``; return the indexes to retry and the wait."""
+        retry: list[int] = []
+        wait: float | None = None
+        for n, index in enumerate(pending):
+            part = answers[n] if n < len(answers) else None
+            if part is not None and part.status < 300:
+                out[index] = DeliveryResult(str(part.body["EmailId"]))
+            elif part is None or part.status == 429 or part.status in RETRYABLE_STATUS:
+                retry.append(index)
+                asked = retry_after_seconds(part.headers.get("retry-after")) if part else None
+                wait = max(wait or 0.0, asked) if asked is not None else wait
+            elif part.status == 401:
+                raise status_error(401, f"$batch part: {part.error_text()}")
+            else:
+                out[index] = CrmRejected(
+                    f"DeliverIncomingEmail: HTTP {part.status} {part.error_text()}"
+                )
+        return retry, wait
+
+    def _batch(self, parts: list[Part], what: str) -> list[PartResult]:
+        content_type, body = build_batch(self.service_path, parts)
+        headers = {"Content-Type": content_type, "Prefer": "odata.continue-on-error"}
+        response = self.api.call("POST", "$batch", what, data=body, headers=headers)
+        try:
+            return parse_batch(response.headers.get("Content-Type", ""), response.content)
+        except (ValueError, IndexError) as exc:
+            raise CrmUnavailable(f"{what}: unreadable batch answer ({exc})") from None
+
+    # -- outgoing ----------------------------------------------------------------------------
+
+    def list_pending(self, owners: Owners, limit: int) -> list[OutboundEmail]:
+        query = {"@odata.type": f"{NS}FetchExpression", "Query": pending_fetchxml(owners, limit)}
+        answer = self.api.call(
+            "POST", "BackgroundSendEmail", "BackgroundSendEmail", json={"Query": query}
+        ).json()
+        entities, has_attachments = entities_of(answer)
+        if not entities:
+            return []
+        details = self._details(entities, has_attachments)
+        return [
+            outbound_email(e, *details[e["activityid"]])
+            for e in entities
+            if e["activityid"] in details
+        ]
+
+    def _details(
+        self, entities: list[dict[str, Any]], has_attachments: list[bool]
+    ) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """Parties and attachments of each email, fetched in ``$batch`` GETs."""
+        parts, owners = [], []
+        for entity, has in zip(entities, has_attachments, strict=True):
+            email_id = entity["activityid"]
+            parts.append(
+                Part(
+                    "GET",
+                    f"emails({email_id})/email_activity_parties"
+                    "?$select=participationtypemask,addressused,_partyid_value",
+                )
+            )
+            owners.append((email_id, "parties"))
+            if has:
+                parts.append(
+                    Part(
+                        "GET",
+                        f"activitymimeattachments?$filter=_objectid_value eq {email_id}"
+                        "&$select=filename,mimetype,body,attachmentcontentid",
+                    )
+                )
+                owners.append((email_id, "attachments"))
+        found: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        for start in range(0, len(parts), 500):
+            answers = self._batch(parts[start : start + 500], "read parties and attachments")
+            for (email_id, kind), part in zip(owners[start : start + 500], answers, strict=False):
+                self._keep_detail(found, email_id, kind, part)
+        return found
+
+    @staticmethod
+    def _keep_detail(found: dict[str, Any], email_id: str, kind: str, part: PartResult) -> None:
+        if part.status == 404:  # deleted or no longer pending: skip the email
+            found.pop(email_id, None)
+            return
+        if part.status >= 300:
+            if part.status == 429 or part.status in RETRYABLE_STATUS:
+                raise CrmUnavailable(
+                    f"read {kind}: HTTP {part.status}",
+                    retry_after=retry_after_seconds(part.headers.get("retry-after")),
+                )
+            raise status_error(part.status, f"read {kind}: HTTP {part.status} {part.error_text()}")
+        parties, attachments = found.setdefault(email_id, ([], []))
+        (parties if kind == "parties" else attachments).extend(part.body.get("value", []))
+
+    def mark_sent(self, email_id: str, message_id: str, tracking_token: str | None = None) -> None:
+        path = f"emails({_guid(email_id)})"
+        try:
+            if message_id:
+                self.api.call(
+                    "PATCH", path, "store Message-ID", json={"messageid": message_id[:320]}
+                )
+            self.api.call(
+                "POST",
+                f"{path}/{NS}SendEmail",
+                "SendEmail",
+                json={"IssueSend": False, "TrackingToken": tracking_token or ""},
+            )
+        except CrmRejected:
+            if self._status(email_id) == SENT:
+                return  # already marked: mark_sent is idempotent
+            raise
+
+    def mark_failed(self, email_id: str, reason: str) -> None:
+        status = self._status(email_id)
+        if status == FAILED:
+            return
+        if status == SENT:
+            raise CrmRejected(f"email {email_id} is already Sent; not marking it Failed")
+        path = f"emails({_guid(email_id)})"
+        self.api.call("PATCH", path, "mark Failed", json={"statecode": 0, "statuscode": FAILED})
+        if self.options.failure_note:
+            note = {
+                "subject": "Email router: sending failed",
+                "notetext": reason[:2000],
+                "objectid_email@odata.bind": f"/emails({email_id})",
+            }
+            self.api.call("POST", "annotations", "failure note", json=note)
+
+    def record_attempt(self, email_id: str, attempts: int) -> None:
+        self.api.call(
+            "PATCH",
+            f"emails({_guid(email_id)})",
+            "record attempt",
+            json={"deliveryattempts": int(attempts)},
+        )
+
+    def _status(self, email_id: str) -> int:
+        path = f"emails({_guid(email_id)})?$select=statuscode"
+        return int(self.api.call("GET", path, "read status").json()["statuscode"])
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def who_am_i(self) -> str:
+        return str(self.api.call("GET", "WhoAmI", "WhoAmI").json()["UserId"])
+
+    def close(self) -> None:
+        self.api.session.close()
+
+
+def _require_message_id(activity: Activity) -> None:
+    if not activity.message_id:
+        raise CrmRejected("activity has no Message-ID")
+
+
+def _guid(value: str) -> str:
+    if not GUID.match(value or ""):
+        raise CrmRejected(f"{value!r} is not a Dataverse record id")
+    return value

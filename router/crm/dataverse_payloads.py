@@ -1,0 +1,216 @@
+"""Request and response shapes of the Dataverse adapter (pure functions, no I/O).
+
+* Incoming: :func:`check_incoming_path` (CheckIncomingEmail with ``@p`` aliases),
+  :func:`deliver_params` (DeliverIncomingEmail), :func:`extra_properties`,
+  :func:`attachment_entity`.
+* Outgoing: :func:`pending_fetchxml` (the BackgroundSendEmail query for an instance's owners),
+  :func:`entities_of` and :func:`outbound_email` (the answer back to :class:`OutboundEmail`).
+
+Column names marked (unconfirmed) follow the Dataverse documentation where it is explicit and
+the most plausible reading where it is not; they are kept here, in one place, for that reason.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+from router.crm.base import DeliveryTarget, Owners
+from router.models import Activity, Address, Attachment, OutboundEmail
+
+NS = "Microsoft.Dynamics.CRM."
+SUBJECT_MAX = 800  # email.subject: longer subjects are refused by Dataverse, so we cut them
+PENDING_SEND, SENT, FAILED = 6, 3, 8
+PRIORITY_TO_IMPORTANCE = {0: "low", 1: "normal", 2: "high"}
+PARTY_MASKS = {"from": 1, "to": 2, "cc": 3, "bcc": 4}
+PENDING_COLUMNS = (
+    "activityid",
+    "subject",
+    "description",
+    "messageid",
+    "trackingtoken",
+    "deliveryattempts",
+    "prioritycode",
+    "sender",
+    "torecipients",
+    "createdon",
+)
+CHECK_PARAMS = ("MessageId", "Subject", "From", "To", "Cc", "Bcc")
+
+
+def odata_string(value: str) -> str:
+    """An OData string literal for a URL: quoted, ``'`` doubled, percent-encoded."""
+    return quote("'" + value.replace("'", "''") + "'", safe="'@")
+
+
+def _addresses(addresses: tuple[Address, ...]) -> str:
+    # Addresses only, ";"-separated (unconfirmed separator): display names can hold ";" or ",".
+    return ";".join(a.email for a in addresses)
+
+
+def _check_values(activity: Activity) -> list[str]:
+    sender = activity.sender.email if activity.sender else ""
+    return [
+        activity.message_id,
+        activity.subject[:SUBJECT_MAX],
+        sender,
+        _addresses(activity.to),
+        _addresses(activity.cc),
+        _addresses(activity.bcc),
+    ]
+
+
+def check_incoming_path(activity: Activity) -> str:
+    """``CheckIncomingEmail(MessageId=@p1,...)?@p1='...'&...`` for ``activity``."""
+    names = ",".join(f"{n}=@p{i}" for i, n in enumerate(CHECK_PARAMS, 1))
+    values = "&".join(f"@p{i}={odata_string(v)}" for i, v in enumerate(_check_values(activity), 1))
+    return f"CheckIncomingEmail({names})?{values}"
+
+
+def extra_properties(target: DeliveryTarget) -> dict[str, Any]:
+    """The ``ExtraProperties`` email entity: direction and the receiving user or queue.
+
+    ``ownerid@odata.bind`` makes the receiving user own the activity; ``queueid@odata.bind``
+    (unconfirmed column name) names the receiving queue. The receiving mailbox address goes in
+    DeliverIncomingEmail's own ``SubmittedBy`` parameter.
+    """
+    extra: dict[str, Any] = {"@odata.type": f"{NS}email", "directioncode": False}
+    if target.user_id:
+        extra["ownerid@odata.bind"] = f"/systemusers({target.user_id})"
+    if target.queue_id:
+        extra["queueid@odata.bind"] = f"/queues({target.queue_id})"
+    return extra
+
+
+def deliver_params(activity: Activity, target: DeliveryTarget, inline: bool) -> dict[str, Any]:
+    """The DeliverIncomingEmail parameters; attachments inline only when ``inline``."""
+    received = activity.received_on or datetime.now(UTC)
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    message_id, subject, sender, to, cc, bcc = _check_values(activity)
+    return {
+        "MessageId": message_id,
+        "Subject": subject,
+        "From": sender,
+        "To": to,
+        "Cc": cc,
+        "Bcc": bcc,
+        "ReceivedOn": received.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "SubmittedBy": target.mailbox,
+        "Importance": activity.importance or "normal",
+        "Body": activity.body_html,
+        "Attachments": [attachment_entity(a) for a in activity.attachments] if inline else [],
+        "ExtraProperties": extra_properties(target),
+    }
+
+
+def attachment_entity(att: Attachment, email_id: str | None = None) -> dict[str, Any]:
+    """An ``activitymimeattachment``: inline in DeliverIncomingEmail, or bound to ``email_id``."""
+    entity: dict[str, Any] = {
+        "@odata.type": f"{NS}activitymimeattachment",
+        "filename": att.filename or "attachment",
+        "mimetype": att.mimetype or "application/octet-stream",
+        "body": base64.b64encode(att.content).decode("ascii"),
+    }
+    if att.content_id:
+        entity["attachmentcontentid"] = att.content_id
+    if email_id is not None:
+        entity["objectid_activitypointer@odata.bind"] = f"/activitypointers({email_id})"
+        entity["objecttypecode"] = "email"
+    return entity
+
+
+# -- outgoing -------------------------------------------------------------------------------
+
+
+def _values(name: str, ids: tuple[str, ...]) -> str:
+    values = "".join(f"<value>{_xml_text(i)}</value>" for i in ids)
+    return f'<condition attribute="{name}" operator="in">{values}</condition>'
+
+
+def _xml_text(value: str) -> str:
+    return quoteattr(value)[1:-1]
+
+
+def owners_filter(owners: Owners) -> str:
+    """FetchXML conditions for the emails of ``owners`` (nothing: every pending email).
+
+    Users own the emails they send (``ownerid``); a queue is the From party of what it sends
+    (``emailsender``); with neither, the instance's mailbox address is matched to ``sender``.
+    """
+    conditions = []
+    if owners.user_ids:
+        conditions.append(_values("ownerid", owners.user_ids))
+    if owners.queue_ids:
+        conditions.append(_values("emailsender", owners.queue_ids))
+    if not conditions and owners.mailbox:
+        conditions.append(
+            f'<condition attribute="sender" operator="eq" value={quoteattr(owners.mailbox)}/>'
+        )
+    return f'<filter type="or">{"".join(conditions)}</filter>' if conditions else ""
+
+
+def pending_fetchxml(owners: Owners, limit: int) -> str:
+    """The FetchXML of BackgroundSendEmail: Pending Send, outgoing, of ``owners``, oldest first."""
+    attributes = "".join(f'<attribute name="{c}"/>' for c in PENDING_COLUMNS)
+    return (
+        f'<fetch version="1.0" mapping="logical" count="{int(limit)}">'
+        f'<entity name="email">{attributes}<filter type="and">'
+        f'<condition attribute="statuscode" operator="eq" value="{PENDING_SEND}"/>'
+        '<condition attribute="directioncode" operator="eq" value="1"/>'
+        f"{owners_filter(owners)}</filter>"
+        '<order attribute="createdon" descending="false"/></entity></fetch>'
+    )
+
+
+def entities_of(answer: dict[str, Any]) -> tuple[list[dict[str, Any]], list[bool]]:
+    """Entities and HasAttachments of a BackgroundSendEmail answer (both nestings accepted)."""
+    collection = answer.get("EntityCollection", answer.get("value", []))
+    entities = collection.get("Entities", []) if isinstance(collection, dict) else collection
+    has = answer.get("HasAttachments") or []
+    flags = [bool(has[i]) if i < len(has) else True for i in range(len(entities))]
+    return list(entities), flags
+
+
+def outbound_email(
+    entity: dict[str, Any], parties: list[dict[str, Any]], attachments: list[dict[str, Any]]
+) -> OutboundEmail:
+    """An :class:`OutboundEmail` from the email entity, its parties and its attachments."""
+    by_mask: dict[int, list[Address]] = {1: [], 2: [], 3: [], 4: []}
+    for party in parties:
+        address = party.get("addressused")
+        if address and party.get("participationtypemask") in by_mask:
+            by_mask[party["participationtypemask"]].append(Address(address))
+    sender = by_mask[1][0] if by_mask[1] else Address(entity.get("sender") or "")
+    return OutboundEmail(
+        email_id=entity["activityid"],
+        subject=entity.get("subject") or "",
+        body_html=entity.get("description") or "",
+        sender=sender,
+        to=tuple(by_mask[2]),
+        cc=tuple(by_mask[3]),
+        bcc=tuple(by_mask[4]),
+        attachments=tuple(_attachment(a) for a in attachments),
+        tracking_token=entity.get("trackingtoken") or None,
+        message_id=entity.get("messageid") or None,
+        delivery_attempts=int(entity.get("deliveryattempts") or 0),
+        importance=PRIORITY_TO_IMPORTANCE.get(_int(entity.get("prioritycode"), 1), "normal"),
+    )
+
+
+def _int(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def _attachment(row: dict[str, Any]) -> Attachment:
+    content_id = row.get("attachmentcontentid") or None
+    return Attachment(
+        filename=row.get("filename") or "attachment",
+        mimetype=row.get("mimetype") or "application/octet-stream",
+        content=base64.b64decode(row.get("body") or ""),
+        content_id=content_id,
+        inline=bool(content_id),
+    )
