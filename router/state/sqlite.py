@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -102,6 +103,15 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _alive(ref: weakref.ref[threading.Thread], conn: sqlite3.Connection) -> bool:
+    """Whether the thread that opened ``conn`` still runs; if not, close ``conn`` (no leak)."""
+    thread = ref()
+    if thread is not None and thread.is_alive():
+        return True
+    conn.close()
+    return False
+
+
 def _placeholders(values: list[str]) -> str:
     return ",".join("?" * len(values))
 
@@ -157,7 +167,7 @@ class SqliteStore(StateStore):
         self._synchronous = synchronous
         self._busy_ms = int(busy_timeout * 1000)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._init_schema()
@@ -174,7 +184,8 @@ class SqliteStore(StateStore):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         with self._all_lock:
-            self._all.append(conn)
+            self._all = [(t, c) for t, c in self._all if _alive(t, c)]
+            self._all.append((weakref.ref(threading.current_thread()), conn))
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -220,7 +231,7 @@ class SqliteStore(StateStore):
     def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
-        for conn in conns:
+        for _, conn in conns:
             conn.close()
         self._local = threading.local()
 

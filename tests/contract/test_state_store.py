@@ -396,6 +396,15 @@ class TestSqliteStore(StateStoreContract):
         with pytest.raises(StateUnavailable, match="newer"):
             SqliteStore(db)
 
+    def test_connections_of_finished_threads_are_closed(self, store: StateStore) -> None:
+        assert isinstance(store, SqliteStore)
+        for n in range(30):
+            worker = threading.Thread(target=store.record_poll, args=(f"i{n}",))
+            worker.start()
+            worker.join(10)
+        assert len(store._all) <= 2
+        assert len(store.instances()) == 30
+
     def test_database_uses_wal_with_full_sync(self, store: StateStore) -> None:
         assert isinstance(store, SqliteStore)
         conn = store._conn()
