@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.feedparser import BytesFeedParser
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import Policy
 from email.utils import getaddresses, parsedate_to_datetime
 
@@ -29,7 +30,7 @@ from router.classify import classify
 from router.errors import MessageUnusable
 from router.mimeparts import Collected, collect
 from router.mimetext import decode_words, header_text, raw_header, raw_headers
-from router.models import Activity, Address, BounceInfo, Classification
+from router.models import Activity, Address, Attachment, BounceInfo, Classification
 
 #: Messages larger than this (bytes) are refused before parsing (25 MiB, a common server limit).
 DEFAULT_MAX_SIZE = 25 * 1024 * 1024
@@ -43,6 +44,7 @@ _MAX_ADDRESSES = 500
 _MAX_REFERENCES = 100
 _MAX_DEFECTS = 50
 _FEED_CHUNK = 64 * 1024
+_MAX_HEADER_BLOCK = 1024 * 1024
 _PRIORITY_WORDS = {
     "high": "high",
     "urgent": "high",
@@ -66,10 +68,14 @@ def parse_message(
     """
     if len(raw) > max_size:
         raise MessageUnusable(f"message of {len(raw)} bytes exceeds the limit of {max_size}")
-    if not raw.strip():
+    if not raw or raw.isspace():  # isspace, not strip: no copy of a large message
         raise MessageUnusable("message is empty")
-    msg, defects = _parse(raw)
-    found = collect(msg)
+    try:
+        msg, defects = _parse(raw)
+        found = collect(msg)
+    except Exception:  # e.g. RecursionError on absurd nesting: keep what the headers say
+        msg, defects = _headers_only(raw), ["mime-structure-unreadable"]
+        found = Collected(attachments=[Attachment("original.eml", "message/rfc822", raw)])
     if not _has_headers(msg) and not found.attachments and not _has_text(found):
         raise MessageUnusable("message has neither headers nor body text")
     classification, bounce = _classify(msg, defects)
@@ -84,6 +90,16 @@ def _parse(raw: bytes) -> tuple[Message, list[str]]:
         defects.append("parser-fallback")
         msg = _feed(raw, policy.compat32)
     return msg, defects
+
+
+def _headers_only(raw: bytes) -> Message:
+    """The header block alone, for a message whose MIME structure defeats the parser."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    block = raw[: min([*ends, _MAX_HEADER_BLOCK])]
+    try:
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    except Exception:
+        return Message()
 
 
 def _feed(raw: bytes, parse_policy: Policy) -> Message:

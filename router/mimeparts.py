@@ -48,6 +48,7 @@ _EXTENSIONS = {
     "application/octet-stream": ".bin",
 }
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
+_WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
 _BODY_TYPES = ("text/plain", "text/html")
 
 
@@ -140,14 +141,14 @@ def _best_alternative(children: list[Message]) -> Message | None:
     return best
 
 
-def _alternative_rank(part: Message) -> int:
+def _alternative_rank(part: Message, depth: int = 0) -> int:
     ctype = content_type(part)
     if ctype == "text/html":
         return 3
     if ctype == "text/plain":
         return 2
-    if ctype.startswith("multipart/") and part.is_multipart():
-        ranks = [_alternative_rank(child) for child in children_of(part)[:20]]
+    if ctype.startswith("multipart/") and part.is_multipart() and depth < MAX_DEPTH:
+        ranks = [_alternative_rank(child, depth + 1) for child in children_of(part)[:20]]
         return max(ranks, default=0)
     return 0
 
@@ -230,7 +231,8 @@ def _attach_message(
     name = None
     if ctype in ("message/rfc822", "message/global") and children:
         subject = " ".join(decode_words(raw_header(children[0], "subject") or "").split())
-        name = safe_filename(subject + ".eml") if subject else None
+        # a subject is not a path: its slashes must not cut it short
+        name = safe_filename(re.sub(r"[/\\]", "_", subject) + ".eml") if subject else None
     name = name or filename_of(part) or _generated_name(ctype, found)
     found.attachments.append(Attachment(filename=name, mimetype=ctype, content=content))
 
@@ -258,9 +260,11 @@ def filename_of(part: Message) -> str | None:
 
 
 def safe_filename(name: str) -> str | None:
-    """``name`` without directories, control characters or a length over 200; None if empty."""
+    """``name`` without directories, control characters, characters Windows refuses in file
+    names (they become ``_``) or a length over 200; None if nothing is left."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE_NAME.sub(" ", name).strip().strip(".").strip()
+    name = _UNSAFE_NAME.sub(" ", name)
+    name = _WINDOWS_RESERVED.sub("_", name).strip().strip(".").strip()
     if not name:
         return None
     if len(name) > 200:

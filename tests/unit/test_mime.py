@@ -156,7 +156,7 @@ def test_filename_falls_back_to_the_content_type_name() -> None:
 
 
 def test_nested_message_becomes_an_eml_attachment_named_after_its_subject() -> None:
-    inner = "From: x@example.com\r\nSubject: Original: plan\r\n\r\ninner body\r\n"
+    inner = "From: x@example.com\r\nSubject: Original: plan/b\r\n\r\ninner body\r\n"
     raw = msg(
         "From: a@example.com",
         "Content-Type: multipart/mixed; boundary=MM",
@@ -167,7 +167,7 @@ def test_nested_message_becomes_an_eml_attachment_named_after_its_subject() -> N
     activity = parse_message(raw)
 
     (nested,) = activity.attachments
-    assert nested.filename == "Original: plan.eml"
+    assert nested.filename == "Original_ plan_b.eml"
     assert nested.mimetype == "message/rfc822"
     assert b"inner body" in nested.content
     assert "inner body" not in activity.body_html
@@ -352,3 +352,22 @@ def test_defects_name_problems_without_message_content() -> None:
     assert activity.defects
     assert not any("secret" in d for d in activity.defects)
     assert "secret" not in repr(activity)
+
+
+@pytest.mark.parametrize("depth", [100, 3000])
+def test_absurdly_deep_nesting_keeps_the_headers_and_the_raw_message(depth: int) -> None:
+    head = b"From: a@example.com\r\nSubject: deep\r\nContent-Type: multipart/mixed; boundary=b0\r\n"
+    body = b"".join(
+        b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+        for i in range(depth)
+    )
+    raw = head + b"\r\n" + body + b"--b%d\r\n\r\nleaf\r\n" % depth
+
+    activity = parse_message(raw)
+
+    assert activity.subject == "deep"
+    assert activity.sender == Address("a@example.com")
+    if "mime-structure-unreadable" in activity.defects:  # the stdlib parser gave up
+        assert activity.attachments[0].content == raw
+    else:
+        assert "nesting-too-deep" in activity.defects
