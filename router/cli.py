@@ -231,5 +231,51 @@ def cmd_state(args: argparse.Namespace) -> int:
 REGISTRARS.append(_add_state)
 
 
+# -- crm-sim / test-access (Dataverse simulator, credentials check) -------------------------
+
+
+def _add_crm_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from router.crm.simulator.__main__ import add_arguments
+
+    p = sub.add_parser(
+        "crm-sim",
+        help="run the Dataverse Web API simulator (HTTPS, for tests and demos)",
+        description="Serve a Dataverse Web API subset, the token endpoint and the OIDC document "
+        "MSAL needs, over HTTPS with a generated CA; admin page at /_admin/.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_crm_sim)
+
+
+def cmd_crm_sim(args: argparse.Namespace) -> int:
+    from router.crm.simulator.__main__ import run
+
+    return run(args)
+
+
+REGISTRARS.append(_add_crm_sim)
+
+
+def _add_test_access(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "test-access",
+        help="check each Deployment's CRM credentials (token + WhoAmI)",
+        description="Get a token and call WhoAmI for each Deployment (or --deployment NAME); "
+        "exit 0 when all work, 1 when one fails, 2 for configuration errors.",
+    )
+    _add_config_arg(p)
+    p.add_argument("--deployment", "-d", metavar="NAME", help="check only this Deployment")
+    p.set_defaults(func=cmd_test_access)
+
+
+def cmd_test_access(args: argparse.Namespace) -> int:
+    from router.crm.access_check import run
+
+    return run(args)
+
+
+REGISTRARS.append(_add_test_access)
+
+
 if __name__ == "__main__":
     sys.exit(main())
