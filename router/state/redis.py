@@ -72,7 +72,8 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
         try:
             return method(*args, **kwargs)
         except TRANSIENT as exc:
-            raise StateUnavailable(f"Redis state store unreachable: {type(exc).__name__}") from exc
+            # redis-py's messages name host and port, never the password
+            raise StateUnavailable(f"Redis state store unavailable: {exc}") from exc
 
     return wrapper
 

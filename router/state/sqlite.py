@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from router.errors import LeaseLost, StateCorrupt, StateUnavailable
+from router.errors import ConfigError, LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerEntry, LedgerState
 from router.state.base import MSGID_TTL, InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
 from router.state.memory import apply_fields
@@ -162,6 +162,8 @@ class SqliteStore(StateStore):
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float = 15.0,
     ) -> None:
+        if str(path) == ":memory:":  # every thread would get its own, empty database
+            raise ConfigError("StateStore: use memory:// instead of an in-memory SQLite database")
         self.path = Path(path)
         self._clock = clock
         self._synchronous = synchronous
@@ -169,7 +171,10 @@ class SqliteStore(StateStore):
         self._local = threading.local()
         self._all: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateUnavailable(f"SQLite state store {self.path}: {exc.strerror}") from exc
         self._init_schema()
 
     def __repr__(self) -> str:

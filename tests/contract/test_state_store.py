@@ -447,10 +447,13 @@ class TestRedisStore(StateStoreContract):
     def test_unreachable_server_raises_state_unavailable(self) -> None:
         from router.state.redis import RedisStore
 
-        store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+        url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+        store = RedisStore.from_url(url, socket_connect_timeout=1)
         for call in (store.ping, lambda: store.get_cursor("x"), lambda: store.stage("x", "k", b"")):
-            with pytest.raises(StateUnavailable):
+            with pytest.raises(StateUnavailable) as info:
                 call()
+            assert "hunter2" not in str(info.value)
+        assert "hunter2" not in repr(store)
 
     def test_idle_instance_uses_little_redis_memory(
         self, store: StateStore, redis_url: str
