@@ -175,3 +175,31 @@ def test_refused_xoauth2_token_is_an_auth_error(dovecot: Dovecot, dovecot_user: 
     cfg = dovecot.provider_config(dovecot_user, "pop3", password="expired")
     with pytest.raises(ProviderAuthError):
         opened(cfg.model_copy(update={"email_auth_mode": "xoauth2"}))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 50])
+def test_pipelined_retr_returns_every_message_in_order(
+    dovecot: Dovecot, dovecot_user: str, batch: int
+) -> None:
+    raws = [message(i, size=i * 500) for i in range(7)]
+    dovecot.append_many(dovecot_user, raws)
+    provider = opened(dovecot.provider_config(dovecot_user, "pop3", fetch_batch=batch))
+    try:
+        refs = provider.list_new(InstanceState(None, {}), 10)
+        assert [m.raw for m in provider.fetch_many(refs)] == raws
+    finally:
+        provider.close()
+
+
+def test_abandoning_a_pipelined_batch_leaves_the_provider_usable(
+    dovecot: Dovecot, user_with_mail: str
+) -> None:
+    provider = opened(dovecot.provider_config(user_with_mail, "pop3"))
+    try:
+        refs = provider.list_new(InstanceState(None, {}), 10)
+        fetching = provider.fetch_many(refs)
+        next(fetching)
+        fetching.close()  # four RETR answers were never read
+        assert [m.ref for m in provider.fetch_many(refs[1:])] == refs[1:]
+    finally:
+        provider.close()
