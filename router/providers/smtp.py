@@ -142,6 +142,9 @@ class SmtpProvider(OutgoingProvider):
     def _connect(self) -> None:
         client = self._create_client()
         try:
+            # The final dot goes out in its own small write after the body: without NODELAY,
+            # Nagle holds it until the server's delayed ACK (40 ms per message).
+            client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo()
             if self.config.email_security == "starttls":
                 client.starttls(context=self.options.ssl_context(self.name))
