@@ -33,6 +33,8 @@ from router.state.base import StateStore
 from router.state.memory import MemoryStore
 
 OWNER = "user-1"
+#: An en dash: non-ASCII punctuation in subjects and file names.
+DASH = "\u2013"
 
 
 def outgoing_cfg(
@@ -92,7 +94,7 @@ def sample_email(i: int, *, attachments: bool = True, prefix: str = "e") -> Outb
     files = (
         (
             Attachment(
-                f"Angebot Nr. {i} – Müller.pdf",
+                f"Angebot Nr. {i} {DASH} Müller.pdf",
                 "application/pdf",
                 b"%PDF-1.4 " + bytes([i % 256]) * 64,
             ),
@@ -105,7 +107,7 @@ def sample_email(i: int, *, attachments: bool = True, prefix: str = "e") -> Outb
     )
     return OutboundEmail(
         email_id=f"{prefix}{i:05d}",
-        subject=f"Grüße Nr. {i} – Ihr Angebot",
+        subject=f"Grüße Nr. {i} {DASH} Ihr Angebot",
         body_html=f"<p>Hallo Jürgen,</p><p>Angebot <b>{i}</b> anbei. <img src='cid:logo{i}'></p>",
         sender=Address("sales@example.com", "Vertrieb Köln"),
         to=(Address(f"to{i}@example.com", "Jürgen Größ"),),
@@ -146,14 +148,16 @@ class SqliteCrm(CrmAdapter):
 
     def list_pending(self, owners: Owners, limit: int) -> list[OutboundEmail]:
         rows = self.db.execute(
-            "SELECT payload, attempts FROM outbound WHERE status='pending' ORDER BY email_id LIMIT ?",
+            "SELECT payload, attempts FROM outbound WHERE status='pending'"
+            " ORDER BY email_id LIMIT ?",
             (limit,),
         )
         return [_load(payload, attempts) for payload, attempts in rows]
 
     def mark_sent(self, email_id: str, message_id: str, tracking_token: str | None = None) -> None:
         self._update(
-            "UPDATE outbound SET status='sent', message_id=?, sent_marks=sent_marks+1 WHERE email_id=?",
+            "UPDATE outbound SET status='sent', message_id=?, sent_marks=sent_marks+1"
+            " WHERE email_id=?",
             (message_id, email_id),
         )
 
@@ -218,7 +222,7 @@ def run_sender(port: int, crm_path: str, state_path: str, rounds: int) -> None:
     cfg = outgoing_cfg(
         port, params={"retry_backoff": "0.05", "timeout": "5"}, max_count=50, max_attempts=1000
     )
-    ctx, crm = make_context(
+    ctx, _ = make_context(
         configuration(cfg, lease_ms=1000), SqliteCrm(Path(crm_path)), SqliteStore(state_path)
     )
     for _ in range(rounds):

@@ -12,6 +12,7 @@ from router.errors import CrmUnavailable, ProviderAuthError
 from router.models import Address, LedgerState, OutboundEmail
 from router.outgoing import OUTBOUND, ledger_key, send_cycle
 from tests.integration.send_support import (
+    DASH,
     OWNER,
     configuration,
     make_context,
@@ -63,7 +64,7 @@ def _check_message(email: OutboundEmail, received: Any) -> None:
     assert sorted(received.rcpt_tos) == sorted(
         [f"to{i}@example.com", f"cc{i}@example.com", f"bcc{i}@example.com"]
     )
-    assert msg["Subject"] == f"Grüße Nr. {i} – Ihr Angebot CRM:{i:07d}"
+    assert msg["Subject"] == f"Grüße Nr. {i} {DASH} Ihr Angebot CRM:{i:07d}"
     assert str(msg["From"]) == "Vertrieb Köln <sales@example.com>"
     assert str(msg["To"]) == f"Jürgen Größ <to{i}@example.com>"
     assert str(msg["Cc"]) == f"Zoë Ångström <cc{i}@example.com>"
@@ -75,7 +76,7 @@ def _check_message(email: OutboundEmail, received: Any) -> None:
     assert "Hallo Jürgen," in text and "<b>" not in text
     assert f"Angebot <b>{i}</b>" in html
     files = [(p.get_filename(), p.get_content()) for p in msg.iter_attachments()]
-    assert files == [(f"Angebot Nr. {i} – Müller.pdf", email.attachments[0].content)]
+    assert files == [(f"Angebot Nr. {i} {DASH} Müller.pdf", email.attachments[0].content)]
     assert b"filename*=utf-8''Angebot" in received.data  # RFC 2231
     assert received.data.isascii()
 
