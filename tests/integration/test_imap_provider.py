@@ -324,3 +324,14 @@ def _xoauth2_config(
 ) -> ProviderConfiguration:
     cfg = dovecot.provider_config(user, password=password, **params)
     return cfg.model_copy(update={"email_auth_mode": "xoauth2"})
+
+
+def test_cursor_at_the_last_message_lists_nothing_even_after_expunges(
+    dovecot: Dovecot, user_with_mail: str
+) -> None:
+    # UID 6 arrives and is expunged: UIDNEXT is 7, and "UID SEARCH 6:*" still answers UID 5
+    dovecot.append(user_with_mail, message(6))
+    cfg = dovecot.provider_config(user_with_mail)
+    post_process(cfg, [MessageRef(f"{dovecot.uidvalidity(user_with_mail)}:6")], "delete")
+    cursor = {"uidvalidity": dovecot.uidvalidity(user_with_mail), "last_uid": 5}
+    assert list_all(cfg, cursor) == []
