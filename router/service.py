@@ -132,3 +132,18 @@ def open_context(
     config = load_config(Path(config_path) if config_path else settings.config)
     url = state_url or settings.state_url or config.system.state_store
     return Context(config, open_store(url, prefix=settings.key_prefix), settings)
+
+
+#: Use-cases defined in their own modules (which import this one), re-exported lazily.
+_REEXPORTS = {
+    "send_cycle": "router.outgoing",
+    "handle_bounce": "router.outgoing",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _REEXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_REEXPORTS[name]), name)
+    raise AttributeError(f"module 'router.service' has no attribute {name!r}")
