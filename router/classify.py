@@ -88,6 +88,7 @@ _AUTOREPLY_HEADERS = (
     "x-mail-autoreply",
 )
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+_SMTP_REPLY = re.compile(r"(?:^|: )[ \t>]*([45]\d\d[ -][^\r\n]{3,300})", re.M)
 _QUOTED_MESSAGE_ID = re.compile(r"^[ \t>]*Message-ID:[ \t]*(<[^<>\s]+>)", re.IGNORECASE | re.M)
 _REPORT_TYPES = {
     "feedback-report": Classification.FEEDBACK_REPORT,
@@ -304,10 +305,12 @@ def _heuristic_info(msg: Message, parts: list[Message]) -> BounceInfo:
         "",
     )
     status = _STATUS.search(text)
+    reply = _SMTP_REPLY.search(text)
     return BounceInfo(
         original_message_id=_original_message_id(msg, parts),
         recipients=tuple(a.strip() for v in failed for a in v.split(",") if a.strip()),
         status=status.group(1) if status and status.group(1)[0] in "45" else "",
+        diagnostic=" ".join(reply.group(1).split())[:300] if reply else "",
     )
 
 

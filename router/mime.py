@@ -198,11 +198,14 @@ def addresses(msg: Message, name: str) -> tuple[Address, ...]:
     try:
         pairs = getaddresses(values)
     except Exception:
-        pairs = []
-    result = [_address(display, addr) for display, addr in pairs]
-    found = [a for a in result if a is not None]
-    if not found:  # nothing parsed: pick out anything that looks like an address
-        found = [Address(email=m) for v in values for m in _EMAIL_LIKE.findall(v)]
+        pairs = [("", value) for value in values]
+    found: list[Address] = []
+    for display, addr in pairs:
+        parsed = _address(display, addr)
+        if parsed is not None:
+            found.append(parsed)
+        else:  # the parser choked on this stretch: pick out what looks like an address
+            found.extend(Address(email=m) for m in _EMAIL_LIKE.findall(addr))
     return tuple(dict.fromkeys(found))[:_MAX_ADDRESSES]
 
 

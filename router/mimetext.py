@@ -65,6 +65,8 @@ _NOT_CHARSETS = frozenset(
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _FOLD = re.compile(r"\r\n|\r|\n")
+_FOLD_INDENT = re.compile(r"(?:\r\n|\r|\n)[ \t]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def codec_for(charset: str | None) -> str | None:
@@ -150,8 +152,12 @@ def fix_surrogates(text: str) -> str:
 
 
 def unfold(value: str) -> str:
-    """Header value without its folding line breaks."""
-    return _FOLD.sub("", value)
+    """Header value without its folding line breaks.
+
+    A fold and the indentation after it become one space: mailers indent continuation lines
+    by as many spaces as they like, and nobody means them as text.
+    """
+    return _FOLD.sub("", _FOLD_INDENT.sub(" ", value))
 
 
 def _word_bytes(encoding: str, payload: str) -> bytes | None:
@@ -220,8 +226,9 @@ def raw_header(msg: Message, name: str) -> str | None:
 
 
 def header_text(msg: Message, name: str) -> str:
-    """Human-readable text of header ``name``: unfolded, encoded words decoded, trimmed."""
+    """Human-readable text of header ``name``: unfolded, encoded words decoded, control
+    characters (tabs of folded lines, stray escapes) as spaces, trimmed."""
     value = raw_header(msg, name)
     if value is None:
         return ""
-    return " ".join(decode_words(value).split())
+    return _CONTROL.sub(" ", decode_words(value)).strip()
