@@ -107,6 +107,24 @@ def cmd_poll(args: argparse.Namespace) -> int:
 REGISTRARS.append(_add_poll)
 
 
+# -- send ---------------------------------------------------------------------------------------
+def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("send", help="run one send cycle of an outgoing instance in the foreground")
+    p.add_argument("name", help="ProviderConfiguration Name of an outgoing instance")
+    _add_config_arg(p)
+    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    p.set_defaults(func=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from router.send_cli import run
+
+    return run(args)
+
+
+REGISTRARS.append(_add_send)
+
+
 # -- quarantine ---------------------------------------------------------------------------------
 def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("quarantine", help="list, show, replay or drop quarantined messages")

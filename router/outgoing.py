@@ -540,26 +540,10 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def format_report(report: SendReport) -> str:
-    """Human-readable summary: counts, then one line per email."""
-    if report.busy:
-        return f"{report.instance}: skipped ({report.busy})"
-    lines = [
-        f"{report.instance}: pending {report.pending}, sent {report.sent}, failed "
-        f"{report.failed}, retried {report.retried}, skipped {report.skipped} "
-        f"in {report.duration:.2f}s" + (f" - stopped: {report.error}" if report.error else "")
-    ]
-    for o in report.outcomes:
-        detail = f" ({o.detail})" if o.detail else ""
-        lines.append(f"  {o.email_id}: {o.outcome}{detail}")
-    return "\n".join(lines)
-
-
 __all__ = [
     "OUTBOUND",
     "EmailOutcome",
     "SendReport",
-    "format_report",
     "handle_bounce",
     "ledger_key",
     "send_cycle",
