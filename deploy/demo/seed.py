@@ -54,21 +54,46 @@ def _now() -> Any:
 
 def sales_mail() -> list[bytes]:
     """Five messages for the IMAP mailbox: plain, HTML, an attachment, a reply, an auto-reply."""
-    first = _message("Ada Lovelace <ada@customer.demo.example>", SALES, "Quote for 40 licences",
-                     "Hello,\n\ncould you send us a quote for 40 licences?\n\nAda")
-    html = _message("Grace Hopper <grace@customer.demo.example>", SALES, "Renewal question",
-                    "Plain-text part of an HTML mail.")
+    first = _message(
+        "Ada Lovelace <ada@customer.demo.example>",
+        SALES,
+        "Quote for 40 licences",
+        "Hello,\n\ncould you send us a quote for 40 licences?\n\nAda",
+    )
+    html = _message(
+        "Grace Hopper <grace@customer.demo.example>",
+        SALES,
+        "Renewal question",
+        "Plain-text part of an HTML mail.",
+    )
     html.add_alternative("<p>When does our <b>renewal</b> fall due?</p>", subtype="html")
-    attached = _message("Alan Turing <alan@customer.demo.example>", SALES, "Signed order form",
-                        "The signed order form is attached.")
-    attached.add_attachment(b"%PDF-1.4 demo order form\n", maintype="application",
-                            subtype="pdf", filename="order-form.pdf")
-    reply = _message("Ada Lovelace <ada@customer.demo.example>", SALES, "Re: Quote for 40 licences",
-                     "Thanks - one more question about volume pricing.",
-                     In_Reply_To=str(first["Message-ID"]), References=str(first["Message-ID"]))
-    away = _message("Edsger Dijkstra <edsger@customer.demo.example>", SALES,
-                    "Automatic reply: Out of office", "I am away until Monday.",
-                    Auto_Submitted="auto-replied")
+    attached = _message(
+        "Alan Turing <alan@customer.demo.example>",
+        SALES,
+        "Signed order form",
+        "The signed order form is attached.",
+    )
+    attached.add_attachment(
+        b"%PDF-1.4 demo order form\n",
+        maintype="application",
+        subtype="pdf",
+        filename="order-form.pdf",
+    )
+    reply = _message(
+        "Ada Lovelace <ada@customer.demo.example>",
+        SALES,
+        "Re: Quote for 40 licences",
+        "Thanks - one more question about volume pricing.",
+        In_Reply_To=str(first["Message-ID"]),
+        References=str(first["Message-ID"]),
+    )
+    away = _message(
+        "Edsger Dijkstra <edsger@customer.demo.example>",
+        SALES,
+        "Automatic reply: Out of office",
+        "I am away until Monday.",
+        Auto_Submitted="auto-replied",
+    )
     return [m.as_bytes() for m in (first, html, attached, reply, away)]
 
 
@@ -77,10 +102,14 @@ def support_mail() -> list[bytes]:
     return [
         _message(f"Customer {n} <c{n}@customer.demo.example>", SUPPORT, subject, body).as_bytes()
         for n, (subject, body) in enumerate(
-            [("Cannot log in", "The login page says my password expired."),
-             ("Invoice 2026-114", "The invoice lists the wrong VAT number."),
-             ("Feature request", "Please add an export to CSV.")], 1)
-    ]  # fmt: skip
+            [
+                ("Cannot log in", "The login page says my password expired."),
+                ("Invoice 2026-114", "The invoice lists the wrong VAT number."),
+                ("Feature request", "Please add an export to CSV."),
+            ],
+            1,
+        )
+    ]
 
 
 def expected_activities() -> int:
@@ -95,11 +124,10 @@ def append_imap(host: str, port: int, user: str, password: str, raws: Sequence[b
 
     for attempt in range(30):
         try:
-            with contextlib.closing(IMAPClient(host, port, ssl=False, timeout=10)) as client:
+            with IMAPClient(host, port, ssl=False, timeout=10) as client:  # LOGOUT on exit
                 client.login(user, password)
                 for raw in raws:
                     client.append("INBOX", raw)
-                client.logout()
                 return len(raws)
         except (OSError, IMAPClient.Error):
             if attempt == 29:
@@ -124,10 +152,13 @@ def admin(crm_url: str, ca: str, path: str, payload: dict[str, Any] | None = Non
 def seed_outbound(crm_url: str, ca: str, count: int = OUTBOUND_COUNT) -> list[str]:
     """Put ``count`` emails owned by :data:`OWNER_ID` in Pending Send."""
     spec = {
-        "count": count, "owner_id": OWNER_ID, "sender": SALES,
-        "to": ["ada@customer.demo.example"], "subject": "Your quote #{n} from Demo Corp",
+        "count": count,
+        "owner_id": OWNER_ID,
+        "sender": SALES,
+        "to": ["ada@customer.demo.example"],
+        "subject": "Your quote #{n} from Demo Corp",
         "body": "<p>Dear Ada,</p><p>please find quote #{n} below.</p>",
-    }  # fmt: skip
+    }
     return list(admin(crm_url, ca, "seed", spec)["ids"])
 
 
