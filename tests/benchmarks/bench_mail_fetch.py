@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 from router.config import ProviderConfiguration
 from router.providers.base import IncomingProvider, InstanceState
@@ -56,7 +57,7 @@ def measure(label: str, cfg: ProviderConfiguration, count: int) -> float:
 
 def table(server: Dovecot, user: str, count: int, ports: dict[str, int]) -> None:
     """One row per variant; ``ports`` may point at a latency proxy instead of Dovecot."""
-    imap = {"user": user, "port": ports["imap"]}
+    imap: dict[str, Any] = {"user": user, "port": ports["imap"]}
     print(f"{'variant':<36} {'time':>10} {'rate':>16} {'data':>11}")
     base = measure(
         "imap fetch_batch=1 (base)", server.provider_config(**imap, fetch_batch=1), count

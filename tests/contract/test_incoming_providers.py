@@ -175,7 +175,7 @@ def dovecot_backend(dovecot: Dovecot, user: str, kind: str) -> Backend:
         dovecot.append_many(user, raws)
 
     return Backend(
-        lambda **kw: dovecot.provider_config(user, kind, **kw),  # type: ignore[arg-type]
+        lambda **kw: dovecot.provider_config(user, kind, **kw),
         put,
         lambda: len(dovecot.list_uids(user)),
     )

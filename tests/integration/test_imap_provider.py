@@ -261,7 +261,7 @@ def test_tls_with_the_test_ca_works(dovecot: Dovecot, user_with_mail: str, secur
     cfg = dovecot.provider_config(
         user_with_mail,
         security=security,
-        ca_bundle=str(dovecot.ca_path),  # type: ignore[arg-type]
+        ca_bundle=str(dovecot.ca_path),
     )
     assert len(list_all(cfg)) == 5
 
@@ -270,7 +270,7 @@ def test_tls_with_the_test_ca_works(dovecot: Dovecot, user_with_mail: str, secur
 def test_untrusted_certificate_is_refused_by_default(
     dovecot: Dovecot, dovecot_user: str, security: str
 ) -> None:
-    cfg = dovecot.provider_config(dovecot_user, security=security)  # type: ignore[arg-type]
+    cfg = dovecot.provider_config(dovecot_user, security=security)
     with pytest.raises(ProviderAuthError, match="SSLCertVerificationError"):
         opened(cfg)
 
@@ -320,7 +320,7 @@ def good_token(cfg: ProviderConfiguration) -> str:
 
 
 def _xoauth2_config(
-    dovecot: Dovecot, user: str, password: str = "unused", **params: str
+    dovecot: Dovecot, user: str, password: str = "unused", **params: Any
 ) -> ProviderConfiguration:
     cfg = dovecot.provider_config(user, password=password, **params)
     return cfg.model_copy(update={"email_auth_mode": "xoauth2"})

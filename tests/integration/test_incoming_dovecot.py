@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,12 +30,12 @@ class Rig:
     """One incoming instance on Dovecot, a MemoryCrm deployment and a SQLite state store."""
 
     def __init__(
-        self, dovecot: Dovecot, user: str, kind: str, action: str, db: Path, **params: object
+        self, dovecot: Dovecot, user: str, kind: str, action: str, db: Path, **params: Any
     ) -> None:
         self.dovecot, self.user = dovecot, user
         cfg = dovecot.provider_config(
             user,
-            kind,  # type: ignore[arg-type]
+            kind,
             name="box",
             after_processing=action,
             max_message_count=200,
@@ -72,7 +73,7 @@ MakeRig = Callable[..., Rig]
 def make_rig(dovecot: Dovecot, tmp_path: Path) -> Iterator[MakeRig]:
     rigs: list[Rig] = []
 
-    def make(kind: str, action: str = "leave", count: int = 0, **params: object) -> Rig:
+    def make(kind: str, action: str = "leave", count: int = 0, **params: Any) -> Rig:
         user = dovecot.new_user()
         if count:
             dovecot.append_many(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import cast
 
 import pytest
 
 from router.config import ProviderConfiguration
 from router.errors import ConfigError, ProviderAuthError, ProviderUnavailable
-from router.models import MessageRef
+from router.models import InboundMessage, MessageRef
 from router.providers.base import InstanceState
 from router.providers.pop3 import Pop3Provider
 from tests.servers.common import free_port
@@ -150,7 +151,7 @@ def test_tls_with_the_test_ca_works(dovecot: Dovecot, user_with_mail: str, secur
     cfg = dovecot.provider_config(
         user_with_mail,
         "pop3",
-        security,  # type: ignore[arg-type]
+        security,
         ca_bundle=str(dovecot.ca_path),
     )
     assert len(list_all(cfg)) == 5
@@ -160,7 +161,7 @@ def test_tls_with_the_test_ca_works(dovecot: Dovecot, user_with_mail: str, secur
 def test_untrusted_certificate_is_refused_by_default(
     dovecot: Dovecot, dovecot_user: str, security: str
 ) -> None:
-    cfg = dovecot.provider_config(dovecot_user, "pop3", security)  # type: ignore[arg-type]
+    cfg = dovecot.provider_config(dovecot_user, "pop3", security)
     with pytest.raises(ProviderAuthError, match="SSLCertVerificationError"):
         opened(cfg)
 
@@ -197,7 +198,7 @@ def test_abandoning_a_pipelined_batch_leaves_the_provider_usable(
     provider = opened(dovecot.provider_config(user_with_mail, "pop3"))
     try:
         refs = provider.list_new(InstanceState(None, {}), 10)
-        fetching = provider.fetch_many(refs)
+        fetching = cast(Generator[InboundMessage, None, None], provider.fetch_many(refs))
         next(fetching)
         fetching.close()  # four RETR answers were never read
         assert [m.ref for m in provider.fetch_many(refs[1:])] == refs[1:]
