@@ -159,6 +159,7 @@ def test_non_standard_bounce_takes_the_original_id_from_the_quoted_headers() -> 
     assert info.original_message_id == "<quoted-7@crm.example.com>"
     assert info.recipients == ("gone@example.org",)
     assert info.status == "5.1.1"
+    assert info.diagnostic == "550 5.1.1 User unknown"
 
 
 def test_mail_system_message_is_a_bounce_when_its_body_reports_a_failure() -> None:

@@ -301,6 +301,21 @@ def test_malformed_address_lists_still_give_the_addresses() -> None:
     assert activity.cc == () or all(a.email for a in activity.cc)
 
 
+def test_one_broken_stretch_of_an_address_list_does_not_lose_the_others() -> None:
+    raw = msg("From: a@example.com", 'To: Good <good@example.com>, "broken <bad@example.com>')
+
+    emails = [a.email for a in parse_message(raw).to]
+
+    assert emails[0] == "good@example.com"
+    assert "bad@example.com" in emails
+
+
+def test_folded_header_indentation_becomes_one_space() -> None:
+    raw = msg("From: a@example.com", "Subject: Die Hasen und\r\n    die Frösche")
+
+    assert parse_message(raw).subject == "Die Hasen und die Frösche"
+
+
 def test_message_over_the_size_limit_is_refused_before_parsing() -> None:
     raw = msg("From: a@example.com", body="x" * 2000)
 
