@@ -48,6 +48,7 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     mail_options: tuple[str, ...] = ()
+    peer: str = ""
 
     def message(self) -> Any:
         from email import message_from_bytes, policy
@@ -94,6 +95,7 @@ class SinkHandler:
                 tuple(envelope.rcpt_tos),
                 bytes(envelope.original_content or envelope.content),
                 tuple(envelope.mail_options),
+                str(session.peer),
             )
             self.messages.append(received)
             if self.store_dir is not None:
