@@ -57,7 +57,8 @@ def _encode(boundary: str, service_path: str, part: Part) -> str:
         "Content-Type: application/http",
         "Content-Transfer-Encoding: binary",
         "",
-        f"{part.method} {service_path}{part.path} HTTP/1.1",
+        # The request line is split on spaces: a query like "$filter=a eq 1" must be encoded.
+        f"{part.method} {service_path}{part.path.replace(' ', '%20')} HTTP/1.1",
         "Accept: application/json",
     ]
     if part.body is not None:

@@ -76,7 +76,19 @@ def make_session(ca_bundle: str | None, max_connections: int) -> requests.Sessio
     session = PinnedSession()
     session.verify = ca_bundle or True
     size = max(1, min(max_connections, HARD_MAX_CONNECTIONS))
-    retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
+    # urllib3 only retries failed connects (the request never left); 429 and 5xx come back to
+    # WebApi.call, which honours Retry-After itself and logs it.
+    retry = Retry(
+        total=2,
+        connect=2,
+        read=0,
+        status=0,
+        other=0,
+        redirect=0,
+        backoff_factor=0.2,
+        respect_retry_after_header=False,
+        raise_on_status=False,
+    )
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=True, max_retries=retry)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -151,7 +163,7 @@ class WebApi:
                 raise CrmAuthError(
                     f"{what}: TLS verification failed ({_short(exc)}) - check <CaBundle>"
                 ) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except requests.RequestException as exc:
                 last_wait = self._pause(attempt, None, what, f"{type(exc).__name__}")
                 continue
             status = response.status_code

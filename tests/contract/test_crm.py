@@ -80,9 +80,11 @@ class CrmContract:
             crm.deliver(activity(4, message_id=""), TARGET)
 
     def test_attachments_and_odd_characters_are_delivered(self, crm: CrmAdapter) -> None:
-        act = activity(5, subject="Re: it's 50% & <more>; ok?", attachments=(
-            Attachment("report.pdf", "application/pdf", b"%PDF-1.4 \x00\xff"),
-        ))  # fmt: skip
+        act = activity(
+            5,
+            subject="Re: it's 50% & <more>; ok?",
+            attachments=(Attachment("report.pdf", "application/pdf", b"%PDF-1.4 \x00\xff"),),
+        )
         assert crm.deliver(act, TARGET).activity_id
         assert self.count_with_message_id(crm, act.message_id) == 1
 
@@ -163,8 +165,13 @@ class TestMemoryCrm(CrmContract):
         assert isinstance(crm, MemoryCrm)
         ids = [str(uuid.uuid4()) for _ in range(count)]
         for email_id in ids:
-            email = OutboundEmail(email_id, "Offer", "<p>Hi</p>", Address("sales@example.com"),
-                                  to=(Address("customer@example.net"),))  # fmt: skip
+            email = OutboundEmail(
+                email_id,
+                "Offer",
+                "<p>Hi</p>",
+                Address("sales@example.com"),
+                to=(Address("customer@example.net"),),
+            )
             crm.add_outbound(email, owner)
         return ids
 

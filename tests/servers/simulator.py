@@ -65,11 +65,15 @@ class SimulatorServer:
 
     def deployment(self, name: str = "sim", **overrides: Any) -> Deployment:
         fields: dict[str, Any] = {
-            "name": name, "adapter": "dataverse", "crm_server_url": self.org_url,
-            "tenant_id": TENANT, "client_id": CLIENT_ID,
-            "client_secret": Secret(value=CLIENT_SECRET), "authority": self.authority,
+            "name": name,
+            "adapter": "dataverse",
+            "crm_server_url": self.org_url,
+            "tenant_id": TENANT,
+            "client_id": CLIENT_ID,
+            "client_secret": Secret(value=CLIENT_SECRET),
+            "authority": self.authority,
             "ca_bundle": str(self.ca_path),
-        }  # fmt: skip
+        }
         fields.update(overrides)
         return Deployment(**fields)
 
@@ -77,9 +81,13 @@ class SimulatorServer:
 
     def admin(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
         response = requests.request(
-            method, f"{self.base_url}/_admin/{path.lstrip('/')}", json=json, params=params,
-            verify=str(self.ca_path), timeout=30,
-        )  # fmt: skip
+            method,
+            f"{self.base_url}/_admin/{path.lstrip('/')}",
+            json=json,
+            params=params,
+            verify=str(self.ca_path),
+            timeout=30,
+        )
         response.raise_for_status()
         return response.json()
 
@@ -108,49 +116,75 @@ class SimulatorServer:
 
     def seed_pending(self, count: int = 1, **spec: Any) -> list[str]:
         """Put ``count`` emails straight into Pending Send (spec: owner_id, queue_id, to, ...)."""
-        ids: list[str] = self.admin("POST", "seed", {"org": self.org, "count": count, **spec})["ids"]
+        ids: list[str] = self.admin("POST", "seed", {"org": self.org, "count": count, **spec})[
+            "ids"
+        ]
         return ids
 
     def create_pending(
         self, subject: str, to: str, sender_user: str, body: str = "<p>Hello</p>"
     ) -> str:
         """Create an outbound email the Dataverse way: POST emails, then SendEmail(IssueSend)."""
-        session = requests.Session()
-        session.verify = str(self.ca_path)
+        session = requests.Session()  # verify per call: REQUESTS_CA_BUNDLE beats session.verify
+        ca = str(self.ca_path)
         headers = {**ODATA, "Authorization": f"Bearer {self.token()}"}
         entity = {
-            "subject": subject, "description": body, "directioncode": True,
+            "subject": subject,
+            "description": body,
+            "directioncode": True,
             "ownerid@odata.bind": f"/systemusers({sender_user})",
             "email_activity_parties": [
-                {"participationtypemask": 1, "partyid_systemuser@odata.bind": f"/systemusers({sender_user})"},
+                {
+                    "participationtypemask": 1,
+                    "partyid_systemuser@odata.bind": f"/systemusers({sender_user})",
+                },
                 {"participationtypemask": 2, "addressused": to},
             ],
-        }  # fmt: skip
-        created = session.post(f"{self.api_url}emails", json=entity, headers=headers, timeout=30)
+        }
+        created = session.post(
+            f"{self.api_url}emails", json=entity, headers=headers, timeout=30, verify=ca
+        )
         created.raise_for_status()
         email_id = created.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
         sent = session.post(
             f"{self.api_url}emails({email_id})/Microsoft.Dynamics.CRM.SendEmail",
-            json={"IssueSend": True, "TrackingToken": ""}, headers=headers, timeout=30,
-        )  # fmt: skip
+            json={"IssueSend": True, "TrackingToken": ""},
+            headers=headers,
+            timeout=30,
+            verify=ca,
+        )
         sent.raise_for_status()
         return email_id
 
     def token(self) -> str:
         response = requests.post(
-            f"{self.authority}/oauth2/v2.0/token", verify=str(self.ca_path), timeout=30,
-            data={"client_id": "sim-admin", "client_secret": "x", "grant_type": "client_credentials",
-                  "scope": f"{self.org_url}/.default"},
-        )  # fmt: skip
+            f"{self.authority}/oauth2/v2.0/token",
+            verify=str(self.ca_path),
+            timeout=30,
+            data={
+                "client_id": "sim-admin",
+                "client_secret": "x",
+                "grant_type": "client_credentials",
+                "scope": f"{self.org_url}/.default",
+            },
+        )
         response.raise_for_status()
         return str(response.json()["access_token"])
 
 
 _DEFAULT_FAULTS = {
-    "latency_ms": 0, "latency_max_ms": 0, "rate_429": 0, "rate_503": 0, "retry_after_min": 1,
-    "retry_after_max": 1, "max_concurrent": 0, "token_lifetime": 3599, "reject_message_ids": [],
+    "latency_ms": 0,
+    "latency_max_ms": 0,
+    "rate_429": 0,
+    "rate_503": 0,
+    "retry_after_min": 1,
+    "retry_after_max": 1,
+    "max_concurrent": 0,
+    "token_lifetime": 3599,
+    "reject_message_ids": [],
     "token_error": False,
-}  # fmt: skip
+    "reject_tokens": False,
+}
 
 
 @contextmanager
@@ -158,8 +192,18 @@ def start_simulator(workdir: Path, *extra: str) -> Iterator[SimulatorServer]:
     """Run ``python -m router.crm.simulator`` on a free port until the block ends."""
     port, ca_path = free_port(), workdir / "crm-sim-ca.pem"
     log = (workdir / "crm-sim.log").open("wb")
-    args = [sys.executable, "-m", "router.crm.simulator", "--port", str(port),
-            "--ca-out", str(ca_path), "--tenant", TENANT, *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "router.crm.simulator",
+        "--port",
+        str(port),
+        "--ca-out",
+        str(ca_path),
+        "--tenant",
+        TENANT,
+        *extra,
+    ]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     try:
         if not wait_for(lambda: port_open(port) and ca_path.exists(), timeout=20):

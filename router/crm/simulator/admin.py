@@ -8,7 +8,7 @@
 * ``POST /_admin/seed`` - put N outbound emails straight into Pending Send (a test shortcut; the
   Dataverse way is ``POST emails`` then ``SendEmail(IssueSend=true)``).
 * ``POST /_admin/revoke-tokens`` - forget every issued token (the next call gets a 401).
-* ``GET /_admin/stats`` - requests in flight and the peak since the last reset.
+* ``GET /_admin/stats`` - requests in flight and the peak since the last ``POST /_admin/stats``.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def admin_blueprint(sim: Simulator) -> Blueprint:
         sim.revoke_all()
         return _json(200, {"revoked": True})
 
-    @bp.get("/stats")
+    @bp.route("/stats", methods=["GET", "POST"])
     def stats() -> Response:
+        if request.method == "POST":  # start a new measurement
+            sim.gate.reset_peak()
         return _json(200, {"in_flight": sim.gate.in_flight, "peak": sim.gate.peak,
                            "tokens": len(sim.tokens)})  # fmt: skip
 

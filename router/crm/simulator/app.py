@@ -260,7 +260,13 @@ class WebApiRequest:
         auth = request.headers.get("Authorization", "")
         issued = self.sim.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
         expected = "" if self.org == "default" else f"/org/{self.org}"
-        if issued is None or issued.expires_at < time.time() or issued.audience_path != expected:
+        refused = self.sim.faults.faults.reject_tokens
+        if (
+            refused
+            or issued is None
+            or issued.expires_at < time.time()
+            or issued.audience_path != expected
+        ):
             self.fault = self.fault or "unauthorized"
             raise _Unauthorized()
         self.client_id = issued.client_id

@@ -25,7 +25,9 @@ class Faults:
     ``max_concurrent`` (0 = no limit) answers 429 above that many requests in flight.
     ``token_lifetime`` is the ``expires_in`` of new tokens; ``reject_message_ids`` makes
     DeliverIncomingEmail refuse those Message-IDs with a 400 (a per-record failure), and
-    ``token_error`` makes the token endpoint refuse every client (bad credentials).
+    ``token_error`` makes the token endpoint refuse every client (bad credentials), and
+    ``reject_tokens`` makes the Web API refuse every token with a 401 (an application user
+    removed from the organisation).
     """
 
     latency_ms: float = 0.0
@@ -38,6 +40,7 @@ class Faults:
     token_lifetime: int = 3599
     reject_message_ids: tuple[str, ...] = ()
     token_error: bool = False
+    reject_tokens: bool = False
     seed: int | None = None
 
     def updated(self, changes: dict[str, Any]) -> Faults:
