@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from router.errors import CrmAuthError, CrmUnavailable
+from router.crm.dataverse_http import transport_error
+from router.errors import CrmAuthError
 
 log = logging.getLogger("router.crm.dataverse")
 
@@ -93,7 +94,7 @@ class TokenSource:
         try:
             result = app.acquire_token_for_client(scopes=[self.scope])
         except requests.RequestException as exc:
-            raise CrmUnavailable(f"token endpoint of {self.authority} unreachable: {exc}") from None
+            raise transport_error(exc, f"token endpoint of {self.authority}") from None
         if "access_token" not in result:
             raise CrmAuthError(_refusal(self.authority, self.client_id, result))
         lifetime = float(result.get("expires_in") or 3599)
@@ -119,7 +120,7 @@ class TokenSource:
                 http_client=self._http,
             )
         except requests.RequestException as exc:
-            raise CrmUnavailable(f"authority {self.authority} unreachable: {exc}") from None
+            raise transport_error(exc, f"authority {self.authority}") from None
         except (ValueError, KeyError, OSError) as exc:
             raise CrmAuthError(f"authority {self.authority} unusable: {_first_line(exc)}") from None
         return self._app

@@ -23,18 +23,21 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from router.crm.dataverse_auth import TokenSource
 from router.errors import CrmAuthError, CrmError, CrmRejected, CrmUnavailable
+
+if TYPE_CHECKING:
+    from router.crm.dataverse_auth import TokenSource
 
 log = logging.getLogger("router.crm.dataverse")
 
@@ -160,11 +163,9 @@ class WebApi:
             try:
                 response = self._send(method, path, token, json, data, headers)
             except requests.exceptions.SSLError as exc:
-                raise CrmAuthError(
-                    f"{what}: TLS verification failed ({_short(exc)}) - check <CaBundle>"
-                ) from None
+                raise transport_error(exc, what) from None
             except requests.RequestException as exc:
-                last_wait = self._pause(attempt, None, what, f"{type(exc).__name__}")
+                last_wait = self._pause(attempt, None, what, describe(exc))
                 continue
             status = response.status_code
             if status == 401 and not refreshed:
@@ -237,8 +238,27 @@ class WebApi:
             self.stats[key] += 1
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][-200:] if str(exc) else type(exc).__name__
+def describe(exc: BaseException) -> str:
+    """A short reason for a transport error ("Connection refused", "Read timed out", ...)."""
+    text = str(exc)
+    for pattern in (
+        r"\[Errno -?\d+\] ([^'\")]+)",
+        r"(Read timed out)",
+        r"(certificate verify failed[^'\")]*)",
+    ):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(1).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def transport_error(exc: requests.RequestException, where: str) -> CrmError:
+    """A failed TLS check is a configuration problem (stop); anything else is passing (retry)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return CrmAuthError(
+            f"{where}: TLS verification failed ({describe(exc)}) - check <CaBundle>"
+        )
+    return CrmUnavailable(f"{where}: {describe(exc)}")
 
 
 def raise_for_status(response: requests.Response, what: str) -> None:
