@@ -58,9 +58,11 @@ def test_refused_secret_fails_with_a_hint(
 def test_untrusted_certificate_points_at_the_ca_bundle(
     simulator: SimulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(
-        tmp_path / "router.xml", simulator, ca_bundle="/etc/ssl/certs/ca-certificates.crt"
-    )
+    import trustme
+
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    config = write_config(tmp_path / "router.xml", simulator, ca_bundle=str(other_ca))
 
     code = main(["test-access", "--config", str(config)])
 
