@@ -267,6 +267,8 @@ class StandaloneRuntime:
         previous = self._install_signals() if handle_signals else {}
         deadline = None if duration is None else self.clock() + duration
         self._log_start()
+        for name in list(self.slots):
+            release_dead_leases(self.store, name)
         try:
             while not self._stop.is_set():
                 self.tick()
@@ -447,11 +449,39 @@ class StandaloneRuntime:
 def release_own_leases(store: StateStore, name: str) -> None:
     """Release the leases of ``name`` held by this process (shutdown with a cycle stuck)."""
     mine = f"{socket.gethostname()}:{os.getpid()}:"
+    _release_if(store, name, lambda holder: holder.startswith(mine))
+
+
+def release_dead_leases(store: StateStore, name: str) -> None:
+    """Release leases of ``name`` left by a process of this host that no longer exists.
+
+    After a crash (kill -9, power loss) the instance would otherwise wait for the lease TTL
+    (MaxThreadExecution). Holders are ``host:pid:thread``; a live pid is never touched.
+    """
+    _release_if(store, name, _holder_is_dead)
+
+
+def _holder_is_dead(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def _release_if(store: StateStore, name: str, check: Callable[[str], bool]) -> None:
     for key in (name, f"{name}#deliver"):
         try:
             info = store.get_lease(key)
-            if info is not None and info.holder.startswith(mine):
+            if info is not None and check(info.holder):
                 store.release_lease(Lease(key, info.holder, info.token, info.expires_at))
+                log.info("%s: released the lease held by %s", key, info.holder)
         except RouterError as exc:
             log.warning("%s: lease not released: %s", key, exc)
 

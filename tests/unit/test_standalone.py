@@ -387,3 +387,29 @@ def test_progress_line_of_a_send_cycle_counts_sent_and_skipped_emails() -> None:
     assert progress_line(SendReport("relay", pending=4, sent=3, skipped=1), 0.5) == (
         "relay: sent 3, skipped 1 (0.50s)"
     )
+
+
+def test_leases_left_by_a_dead_process_of_this_host_are_released_at_start() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from router.runtime.standalone import release_dead_leases
+
+    # Given leases held by a process that exited, by this process, and by another host
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    host, store = socket.gethostname(), MemoryStore()
+    store.acquire_lease("crashed", f"{host}:{dead.stdout.strip()}:7", 600)
+    store.acquire_lease("crashed#deliver", f"{host}:{dead.stdout.strip()}:8", 600)
+    store.acquire_lease("alive", f"{host}:{os.getppid()}:1", 600)
+    store.acquire_lease("remote", f"other-{host}:{dead.stdout.strip()}:1", 600)
+    # When the runtime starts
+    for name in ("crashed", "alive", "remote"):
+        release_dead_leases(store, name)
+    # Then only the dead process's leases are gone
+    assert store.get_lease("crashed") is None
+    assert store.get_lease("crashed#deliver") is None
+    assert store.get_lease("alive") is not None
+    assert store.get_lease("remote") is not None
