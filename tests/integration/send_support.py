@@ -223,7 +223,9 @@ def run_sender(port: int, crm_path: str, state_path: str, rounds: int) -> None:
         port, params={"retry_backoff": "0.05", "timeout": "5"}, max_count=50, max_attempts=1000
     )
     ctx, _ = make_context(
-        configuration(cfg, lease_ms=1000), SqliteCrm(Path(crm_path)), SqliteStore(state_path)
+        configuration(cfg, lease_ms=1000),
+        SqliteCrm(Path(crm_path)),
+        SqliteStore(state_path, synchronous="NORMAL"),  # a process crash loses no WAL commit
     )
     for _ in range(rounds):
         try:
