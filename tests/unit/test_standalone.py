@@ -413,3 +413,23 @@ def test_leases_left_by_a_dead_process_of_this_host_are_released_at_start() -> N
     assert store.get_lease("crashed#deliver") is None
     assert store.get_lease("alive") is not None
     assert store.get_lease("remote") is not None
+
+
+def test_a_cycle_longer_than_max_thread_execution_is_reported_once(
+    recorder: Recorder,
+    make_runtime: Callable[..., StandaloneRuntime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a cycle that hangs past MaxThreadExecution (5 s in config_xml)
+    clock = FakeClock()
+    recorder.gate["stuck"] = threading.Event()
+    rt = make_runtime(config_xml(instance_xml("stuck")), clock)
+    with caplog.at_level(logging.WARNING):
+        rt.tick()
+        for _ in range(10):
+            clock.now += 1.0
+            rt.tick()
+    recorder.gate["stuck"].set()
+    # Then the overrun is logged once, and the instance was not started a second time
+    assert caplog.text.count("stuck: cycle running for more than MaxThreadExecution") == 1
+    assert recorder.calls["stuck"] == 1
