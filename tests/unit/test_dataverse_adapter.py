@@ -56,8 +56,13 @@ def web_api(
 ) -> tuple[WebApi, list[float], FakeTokens]:
     sleeps: list[float] = []
     tokens = FakeTokens()
-    api = WebApi("https://org.example/api/data/v9.2/", tokens, FakeSession(answers),  # type: ignore[arg-type]
-                 policy=RetryPolicy(max_attempts=attempts), sleep=sleeps.append)  # fmt: skip
+    api = WebApi(
+        "https://org.example/api/data/v9.2/",
+        tokens,
+        FakeSession(answers),  # type: ignore[arg-type]
+        policy=RetryPolicy(max_attempts=attempts),
+        sleep=sleeps.append,
+    )
     return api, sleeps, tokens
 
 
@@ -101,9 +106,11 @@ def test_every_request_carries_the_odata_headers() -> None:
     api.call("GET", "WhoAmI", "WhoAmI")
     ((_, _, headers),) = api.session.sent  # type: ignore[attr-defined]
     expected = {
-        "Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0",
+        "Accept": "application/json",
+        "OData-MaxVersion": "4.0",
+        "OData-Version": "4.0",
         "If-None-Match": "null",
-    }  # fmt: skip
+    }
     assert {k: headers[k] for k in expected} == expected
 
 
@@ -169,8 +176,15 @@ def test_odata_strings_double_quotes_and_encode_reserved_characters() -> None:
 
 def test_fetchxml_selects_owner_queue_and_status() -> None:
     def row(n: str, status: int, owner: str, sender: str, created: int) -> dict[str, Any]:
-        return {"activityid": n, "statuscode": status, "directioncode": 1, "ownerid": owner,
-                "emailsender": sender, "sender": "a@x", "createdon": created}  # fmt: skip
+        return {
+            "activityid": n,
+            "statuscode": status,
+            "directioncode": 1,
+            "ownerid": owner,
+            "emailsender": sender,
+            "sender": "a@x",
+            "createdon": created,
+        }
 
     rows = [row("1", 6, "u1", "u1", 2), row("2", 6, "u2", "q1", 1), row("3", 3, "u1", "u1", 0)]
     query = pending_fetchxml(Owners(user_ids=("u1",), queue_ids=("q1",)), 10)
