@@ -49,7 +49,6 @@ ASCII_POLICY = policy.SMTP
 _CRLF = policy.compat32.clone(linesep="\r\n")
 #: Policy when an address needs SMTPUTF8.
 UTF8_POLICY = policy.SMTPUTF8
-_MSGID_UNSAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +158,12 @@ def _alternative(email: OutboundEmail) -> Message:
 
 
 def _text_part(text: str, subtype: str) -> Message:
-    if text.isascii():
+    cte = _cte(text)
+    if cte == "7bit":
         part = MIMEText(text, subtype, "us-ascii")
     else:
         charset = Charset("utf-8")
-        charset.body_encoding = BASE64 if _cte(text) == "base64" else QP
+        charset.body_encoding = BASE64 if cte == "base64" else QP
         part = MIMEText(text, subtype, charset)  # type: ignore[arg-type]
     del part["MIME-Version"]
     return part
@@ -208,9 +208,10 @@ def message_id_for(email: OutboundEmail, sender: str) -> str:
     """
     if email.message_id:
         return normalize_message_id(email.message_id)
-    digest = hashlib.sha256(email.email_id.encode("utf-8")).hexdigest()[:16]
-    left = _MSGID_UNSAFE.sub("", email.email_id.strip("{}")).strip(".") or "email"
-    return f"<{left}.{digest}@{_domain(sender) or 'email-router.invalid'}>"
+    # Short on purpose: a header line over 78 characters gets folded, and some readers keep
+    # the folding white space in the id. The ledger maps the id back to the CRM email.
+    digest = hashlib.sha256(email.email_id.encode("utf-8")).hexdigest()[:24]
+    return f"<er.{digest}@{_domain(sender) or 'email-router.invalid'}>"
 
 
 def normalize_message_id(value: str) -> str:
