@@ -115,28 +115,32 @@ def find_dovecot() -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def dovecot(root: Path, binaries: tuple[str, str]) -> Iterator[dict[str, int]]:
-    """A private Dovecot with plain IMAP/POP3 on free ports; any user, password PASSWORD."""
+def dovecot(binaries: tuple[str, str]) -> Iterator[dict[str, int]]:
+    """A private Dovecot with plain IMAP/POP3 on free ports; any user, password PASSWORD.
+
+    It lives in its own temp dir (mode 755: Dovecot's service users must traverse it), never in
+    the work dir, whose parents may be private.
+    """
     ports = {"imap": free_port(), "pop3": free_port()}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "mail").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="email-router-demo-dovecot-"))
+    root.chmod(0o755)
+    (root / "mail").mkdir()
     conf = root / "dovecot.conf"
     conf.write_text(DOVECOT_CONF.format(root=root, password=PASSWORD, **ports, **_users(root)))
-    subprocess.run([binaries[0], "-c", str(conf)], check=True, timeout=30)
     try:
-        wait_for(lambda: all(port_open(p) for p in ports.values()), 15, "Dovecot")
-        yield ports
+        subprocess.run([binaries[0], "-c", str(conf)], check=True, timeout=30)
+        try:
+            wait_for(lambda: all(port_open(p) for p in ports.values()), 15, "Dovecot")
+            yield ports
+        finally:
+            subprocess.run([binaries[1], "-c", str(conf), "stop"], timeout=30, check=False)
     finally:
-        subprocess.run([binaries[1], "-c", str(conf), "stop"], timeout=30, check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _users(root: Path) -> dict[str, Any]:
     """Root runs Dovecot with its own service users; anyone else as themselves."""
     if os.geteuid() == 0:
-        for path in (root, *root.parents):
-            if path == Path(tempfile.gettempdir()) or path == Path("/"):
-                break
-            path.chmod(path.stat().st_mode | 0o755)  # dovecot must traverse to the mail dir
         shutil.chown(root / "mail", "dovecot", "dovecot")
         dove = pwd.getpwnam("dovecot")
         return {
@@ -326,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_demo(
     stack: contextlib.ExitStack, work: Path, binaries: tuple[str, str], args: argparse.Namespace
 ) -> int:
-    ports = stack.enter_context(dovecot(work / "dovecot", binaries))
+    ports = stack.enter_context(dovecot(binaries))
     crm_url, ca = stack.enter_context(simulator(work))
     outbox = work / "outbox"
     smtp_port = stack.enter_context(smtp_sink(outbox))
