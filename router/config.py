@@ -112,6 +112,11 @@ class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
     authority: str | None = element(tag="Authority", default=None)
     api_version: str = element(tag="ApiVersion", default="9.2")
     ca_bundle: str | None = element(tag="CaBundle", default=None)
+    #: Dataverse adapter tuning: activities per $batch request, requests in flight (Dataverse
+    #: allows 52 per user) and whether attachments go inline or as records after the email.
+    batch_size: int = element(tag="BatchSize", default=10, ge=1, le=1000)
+    max_connections: int = element(tag="MaxConnections", default=16, ge=1, le=50)
+    attachment_mode: Literal["inline", "separate"] = element(tag="AttachmentMode", default="inline")
 
 
 class Parameter(BaseXmlModel, tag="Parameter", frozen=True):

@@ -158,6 +158,10 @@ class DataverseAdapter(CrmAdapter):
                 ) from None
 
         authority = (dep.authority or default_authority(dep.tenant_id)).rstrip("/")
+        options = options or DataverseOptions(
+            batch_size=dep.batch_size, max_workers=dep.max_connections,
+            attachments=dep.attachment_mode,
+        )  # fmt: skip
         return cls(
             dep.crm_server_url,
             authority,
