@@ -66,6 +66,7 @@ _NOT_CHARSETS = frozenset(
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _FOLD = re.compile(r"\r\n|\r|\n")
 _FOLD_INDENT = re.compile(r"(?:\r\n|\r|\n)[ \t]+")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -145,7 +146,7 @@ def _jis_to_sjis(j1: int, j2: int) -> bytes:
 
 def fix_surrogates(text: str) -> str:
     """Turn the parser's surrogate-escaped raw 8-bit bytes back into real characters."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+    if text.isascii() or not _SURROGATE.search(text):
         return text
     raw = text.encode("utf-8", errors="surrogateescape")
     return decode_bytes(raw, None)[0]
