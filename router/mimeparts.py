@@ -48,6 +48,7 @@ _EXTENSIONS = {
     "application/octet-stream": ".bin",
 }
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
+_LABEL_JUNK = re.compile(r"[^a-z0-9._+-]")
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
 _BODY_TYPES = ("text/plain", "text/html")
 
@@ -189,7 +190,8 @@ def part_text(part: Message, defects: list[str] | None = None) -> str:
     text, fallback = decode_bytes(data, charset)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if fallback and defects is not None:
-        defects.append(f"charset-fallback:{(charset or 'none').lower()[:40]}")
+        label = _LABEL_JUNK.sub("?", (charset or "none").lower()[:40])  # a label, never text
+        defects.append(f"charset-fallback:{label}")
     return text
 
 
