@@ -157,7 +157,11 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def count_entries(self, instance: str) -> dict[LedgerState, int]:
-        """Return how many entries of ``instance`` are in each state (damaged ones left out)."""
+        """Return how many entries of ``instance`` are in each state.
+
+        Backends that keep a per-state index count from it (Redis), so a damaged entry may still
+        be counted under the last state it was written with.
+        """
 
     @abc.abstractmethod
     def get_raw(self, instance: str, key: str) -> bytes | None:

@@ -10,9 +10,13 @@ scattered key templates are what this avoids). The schema, with the default pref
     er:pstate:<instance>          string  compact JSON provider state
     er:stats:<instance>           hash    p (processed), lp, ls, le, lea (last poll/success/error)
     er:ledger:<instance>          hash    ledger key -> entry record (see router.state.records)
-    er:order:<instance>           zset    ledger key scored by creation sequence
+    er:seq:<instance>             string  creation-sequence counter of the ledger (INCR)
+    er:order:<instance>:<state>   zset    ledger keys now in <state>, scored by creation sequence
     er:raw:<instance>:<key>       string  staged raw message bytes
     er:msgid:<message-id>         string  JSON ["<instance>", "<ledger key>"]
+
+The order index is split by state so that "the oldest STAGED entries", the per-state counts and a
+purge of old DONE entries cost what they return, not the size of the whole ledger history.
 
 Instance names may contain ``:``; they are escaped (``%`` -> ``%25``, ``:`` -> ``%3A``) so that two
 different names can never build the same key. A ledger key or Message-ID is always the *last*
@@ -71,8 +75,15 @@ class Keys:
     def ledger(self, instance: str) -> str:
         return self._per_instance("ledger", instance)
 
-    def order(self, instance: str) -> str:
-        return self._per_instance("order", instance)
+    def seq(self, instance: str) -> str:
+        return self._per_instance("seq", instance)
+
+    def order_prefix(self, instance: str) -> str:
+        """The order index of ``instance`` for one state is this string followed by the state."""
+        return self._per_instance("order", instance) + ":"
+
+    def order(self, instance: str, state: str) -> str:
+        return self.order_prefix(instance) + state
 
     def raw_prefix(self, instance: str) -> str:
         """Every raw key of ``instance`` is this string followed by the ledger key."""

@@ -3,7 +3,9 @@
 Redis runs a script without interleaving any other command, so "check, then write" inside one
 script is a compare-and-set, and it costs one round trip. Ledger entries are records (see
 :mod:`router.state.records`); the scripts only ever compare and splice their text, never decode
-JSON. State lists arrive as ``",staged,delivered,"`` so membership is one plain ``find``.
+JSON. State lists arrive as ``",staged,delivered,"``: membership is one plain ``find`` and
+``gmatch`` walks them. Keys built inside a script (raw bytes, per-state order indexes) come from
+prefixes the caller passes, so the key schema stays in :mod:`router.state.keys`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ _RECORD = r"""
 local function state_of(v)
   if not v then return nil end
   return string.match(v, '^s\31"([%w_]+)"')
-end
-local function wanted(set, v)
-  return set == '' or string.find(set, ',' .. (state_of(v) or '?') .. ',', 1, true) ~= nil
 end
 local function patch(v, args, from)
   local names, vals = {}, {}
@@ -78,19 +77,18 @@ redis.call('SADD', KEYS[3], ARGV[3])
 return 1
 """
 
-#: KEYS ledger, order, raw, instances; ARGV key, record, instance, has_raw, raw -> 1 or 0.
+#: KEYS ledger, seq, order (of the new state), raw, instances;
+#: ARGV key, record, instance, has_raw, raw -> 1 created, 0 existed.
 CREATE = r"""
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-local seq = 1
-if last[2] then seq = tonumber(last[2]) + 1 end
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[5]) end
-redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[2]), ARGV[1])
+if ARGV[4] == '1' then redis.call('SET', KEYS[4], ARGV[5]) end
+redis.call('SADD', KEYS[5], ARGV[3])
 return 1
 """
 
-#: KEYS ledger; ARGV key, expected states, patch pairs... -> new record, nil, or -1 (corrupt).
+#: KEYS ledger; ARGV key, expected states, order prefix, patch pairs...
+#: -> new record, nil (missing or not in an expected state), or -1 (damaged).
 TRANSITION = (
     _RECORD
     + r"""
@@ -99,71 +97,101 @@ if not v then return false end
 local s = state_of(v)
 if not s then return -1 end
 if not string.find(ARGV[2], ',' .. s .. ',', 1, true) then return false end
-local new = patch(v, ARGV, 3)
+local new = patch(v, ARGV, 4)
 if not new then return -1 end
+local to = state_of(new)
+if to ~= s then
+  local seq = redis.call('ZSCORE', ARGV[3] .. s, ARGV[1]) or 0
+  redis.call('ZREM', ARGV[3] .. s, ARGV[1])
+  redis.call('ZADD', ARGV[3] .. to, seq, ARGV[1])
+end
 redis.call('HSET', KEYS[1], ARGV[1], new)
 return new
 """
 )
 
-#: KEYS ledger, order; ARGV states, limit (0 = all) -> [key, record, ...] in creation order.
-#: Damaged records are returned (the caller reports them) but do not count towards the limit.
+#: KEYS ledger; ARGV states, limit (0 = all), order prefix -> [key, record, ...] oldest first.
+#: The first ``limit`` of each state's index are merged by sequence; damaged records are
+#: returned (the caller reports them) without counting, and if they leave the answer short the
+#: window doubles until the indexes are exhausted.
 LIST = (
     _RECORD
     + r"""
-local set, limit = ARGV[1], tonumber(ARGV[2])
-local stop = -1
-if set == '' and limit > 0 then stop = limit - 1 end
-local out, n = {}, 0
-each_chunk(KEYS[1], redis.call('ZRANGE', KEYS[2], 0, stop), function(id, v)
-  if v and (wanted(set, v) or (set == '' and not state_of(v))) then
-    out[#out + 1] = id
-    out[#out + 1] = v
-    if state_of(v) then n = n + 1 end
+local set, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local function merged(k)
+  local ids, exhausted = {}, true
+  for s in string.gmatch(set, '[^,]+') do
+    local r = redis.call('ZRANGE', prefix .. s, 0, k - 1, 'WITHSCORES')
+    if k > 0 and #r >= 2 * k then exhausted = false end
+    for i = 1, #r, 2 do ids[#ids + 1] = {tonumber(r[i + 1]), r[i]} end
   end
-  return limit > 0 and n >= limit
-end)
-return out
+  table.sort(ids, function(a, b) return a[1] < b[1] end)
+  local out = {}
+  for i, pair in ipairs(ids) do out[i] = pair[2] end
+  return out, exhausted
+end
+local k = limit
+while true do
+  local ids, exhausted = merged(k)
+  local out, n = {}, 0
+  each_chunk(KEYS[1], ids, function(id, v)
+    if v then
+      out[#out + 1] = id
+      out[#out + 1] = v
+      if state_of(v) then n = n + 1 end
+    end
+    return limit > 0 and n >= limit
+  end)
+  if limit == 0 or n >= limit or exhausted then return out end
+  k = k * 2
+end
 """
 )
 
-#: KEYS ledger -> [state, count, ...]; damaged records are counted under "?".
-COUNT = (
-    _RECORD
-    + r"""
-local counts = {}
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local s = state_of(v) or '?'
-  counts[s] = (counts[s] or 0) + 1
-end
+#: ARGV states, order prefix -> [state, count, ...] (sizes of the order indexes; no scan).
+COUNT = r"""
 local out = {}
-for s, n in pairs(counts) do
-  out[#out + 1] = s
-  out[#out + 1] = n
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  local n = redis.call('ZCARD', ARGV[2] .. s)
+  if n > 0 then
+    out[#out + 1] = s
+    out[#out + 1] = n
+  end
 end
 return out
 """
-)
 
-#: KEYS ledger, order; ARGV states, older_than, raw prefix -> number of entries deleted.
+#: KEYS ledger; ARGV key, raw key, every state, order prefix.
+DELETE = r"""
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', ARGV[2])
+for s in string.gmatch(ARGV[3], '[^,]+') do redis.call('ZREM', ARGV[4] .. s, ARGV[1]) end
+return 0
+"""
+
+#: KEYS ledger; ARGV states, older_than, raw prefix, order prefix -> number of entries deleted.
+#: Only the indexes of the purged states are read.
 PURGE = (
     _RECORD
     + r"""
 local set, cutoff, n = ARGV[1], tonumber(ARGV[2]), 0
-each_chunk(KEYS[1], redis.call('ZRANGE', KEYS[2], 0, -1), function(id, v)
-  if not v then
-    redis.call('ZREM', KEYS[2], id)
-  elseif state_of(v) and wanted(set, v) then
-    local u = tonumber(string.match(v, '\30u\31([^\30]+)'))
-    if u and u < cutoff then
-      redis.call('HDEL', KEYS[1], id)
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('DEL', ARGV[3] .. id)
-      n = n + 1
+for s in string.gmatch(set, '[^,]+') do
+  local index = ARGV[4] .. s
+  each_chunk(KEYS[1], redis.call('ZRANGE', index, 0, -1), function(id, v)
+    if not v then
+      redis.call('ZREM', index, id)
+    elseif state_of(v) == s then
+      local u = tonumber(string.match(v, '\30u\31([^\30]+)'))
+      if u and u < cutoff then
+        redis.call('HDEL', KEYS[1], id)
+        redis.call('ZREM', index, id)
+        redis.call('DEL', ARGV[3] .. id)
+        n = n + 1
+      end
     end
-  end
-  return false
-end)
+    return false
+  end)
+end
 return n
 """
 )

@@ -15,7 +15,9 @@ def test_keys_follow_the_documented_schema() -> None:
     assert keys.pstate("sales") == "er:pstate:sales"
     assert keys.stats("sales") == "er:stats:sales"
     assert keys.ledger("sales") == "er:ledger:sales"
-    assert keys.order("sales") == "er:order:sales"
+    assert keys.seq("sales") == "er:seq:sales"
+    assert keys.order("sales", "staged") == "er:order:sales:staged"
+    assert keys.order_prefix("a:b") + "done" == keys.order("a:b", "done")
     assert keys.raw("sales", "7:42") == "er:raw:sales:7:42"
     assert keys.msgid("<a:b@x>") == "er:msgid:<a:b@x>"
     assert keys.instances() == "er:instances"
