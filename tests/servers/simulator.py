@@ -202,6 +202,7 @@ def start_simulator(workdir: Path, *extra: str) -> Iterator[SimulatorServer]:
         str(ca_path),
         "--tenant",
         TENANT,
+        "--exit-with-parent",
         *extra,
     ]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)

@@ -19,14 +19,18 @@ Several organisations live in one process: ``https://host:port`` is ``default`` 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from router.crm.simulator.app import Simulator, create_app
 from router.crm.simulator.faults import Faults, FaultState
@@ -59,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-concurrent", type=int, default=0, help="429 above N requests in flight (0: off)")
     add("--token-lifetime", type=int, default=3599, help="expires_in of issued tokens (seconds)")
     add("--seed", type=int, help="random seed for the injected faults")
+    add(
+        "--admin-allow",
+        default="127.0.0.0/8,::1",
+        help="networks allowed to use /_admin/ (default loopback only; e.g. add 172.16.0.0/12 "
+        "to watch the page through a Docker port)",
+    )
+    add("--exit-with-parent", action="store_true", help="stop when the starting process dies")
     add("--verbose", action="store_true", help="log every HTTP request")
 
 
@@ -76,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
     sim = Simulator(Store(args.db), FaultState(faults_from(args)), args.tenant,
                     args.client_id, args.client_secret)  # fmt: skip
+    sim.admin_networks = tuple(
+        ipaddress.ip_network(n.strip(), strict=False)
+        for n in args.admin_allow.split(",")
+        if n.strip()
+    )
     ctx = server_context(None if args.cert else args.ca_out, args.cert, args.key)
     server = make_server(args.host, args.port, create_app(sim), threaded=True, ssl_context=ctx)
     base = f"https://{_url_host(args.host)}:{server.server_port}"
@@ -90,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    if args.exit_with_parent:
+        _watch_parent(server)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -97,6 +115,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _watch_parent(server: BaseWSGIServer) -> None:
+    """Shut down when our parent dies (a killed test run must not leave servers behind)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        server.shutdown()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _url_host(host: str) -> str:

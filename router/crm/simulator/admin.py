@@ -1,4 +1,5 @@
-"""The simulator's admin endpoints under ``/_admin/`` (loopback clients only, no token).
+"""The simulator's admin endpoints under ``/_admin/`` (no token; loopback clients only, unless
+``--admin-allow`` names more networks - e.g. the Docker bridge, to watch the page from the host).
 
 * ``GET /_admin/`` - an HTML page listing the email activities (refreshes every 2 s; the demo).
 * ``GET /_admin/emails[?org=NAME&limit=N]`` - the same as JSON, with parties and attachments.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import html
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +35,11 @@ def admin_blueprint(sim: Simulator) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/_admin")
 
     @bp.before_request
-    def loopback_only() -> None:
-        if request.remote_addr not in ("127.0.0.1", "::1", None):
+    def allowed_clients_only() -> None:
+        if request.remote_addr is None:
+            return
+        address = ipaddress.ip_address(request.remote_addr)
+        if not any(address in network for network in sim.admin_networks):
             abort(403)
 
     @bp.get("/emails")

@@ -16,6 +16,7 @@ authority is ``https://host:port/<tenant>`` (token: ``<authority>/oauth2/v2.0/to
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import secrets
 import threading
@@ -40,6 +41,7 @@ from router.crm.simulator.odata import (
 from router.crm.simulator.storage import Store
 from router.crm.simulator.webapi import Answer, Call, route
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 API_VERSIONS = ("9.0", "9.1", "9.2")
 LOGGED_HEADERS = (
     "Accept", "OData-MaxVersion", "OData-Version", "If-None-Match", "Content-Type", "Prefer",
@@ -68,6 +70,9 @@ class Simulator:
     client_secret: str | None = None
     gate: Gate = field(default_factory=Gate)
     tokens: dict[str, IssuedToken] = field(default_factory=dict)
+    admin_networks: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
+    )  # fmt: skip
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def issue(self, client_id: str, audience: str) -> tuple[str, int]:
