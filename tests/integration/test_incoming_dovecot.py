@@ -152,5 +152,11 @@ def test_uidvalidity_change_creates_no_duplicates(make_rig: MakeRig, dovecot: Do
     rig = make_rig("imap", "seen", count=10)
     rig.drain()
     dovecot.change_uidvalidity(rig.user)
+    with dovecot.imap(rig.user) as client:  # so we can see the re-listed copies handled again
+        client.select_folder("INBOX")
+        client.remove_flags(client.search("ALL"), ["\\Seen"], silent=True)
     rig.drain()
     assert rig.delivered() == expected(10)
+    with dovecot.imap(rig.user) as client:
+        client.select_folder("INBOX", readonly=True)
+        assert len(client.search("SEEN")) == 10
