@@ -211,7 +211,9 @@ def addresses(msg: Message, name: str) -> tuple[Address, ...]:
 
 def _address(display: str, addr: str) -> Address | None:
     addr = addr.strip().strip("<>").strip()
-    if not addr or any(ch.isspace() for ch in addr):
+    local, at, domain = addr.rpartition("@")
+    # no mailbox without both halves: group names and "undisclosed-recipients" are not parties
+    if not (local and at and domain) or any(ch.isspace() for ch in addr):
         return None
     name = " ".join(decode_words(display).split()).strip("\"' ")
     return Address(email=addr, name="" if name == addr else name)

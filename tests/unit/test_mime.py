@@ -310,6 +310,21 @@ def test_one_broken_stretch_of_an_address_list_does_not_lose_the_others() -> Non
     assert "bad@example.com" in emails
 
 
+def test_group_names_and_bare_words_are_not_taken_for_addresses() -> None:
+    raw = msg(
+        "From: MAILER-DAEMON",
+        "Return-Path: <bounces@example.com>",
+        "To: <Undisclosed-Recipient:@mailman.example.com;>",
+        "Cc: undisclosed-recipients:;",
+    )
+
+    activity = parse_message(raw)
+
+    assert activity.sender == Address("bounces@example.com")
+    assert activity.to == ()
+    assert activity.cc == ()
+
+
 def test_folded_header_indentation_becomes_one_space() -> None:
     raw = msg("From: a@example.com", "Subject: Die Hasen und\r\n    die Frösche")
 
