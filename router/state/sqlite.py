@@ -103,8 +103,14 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-def _alive(ref: weakref.ref[threading.Thread], conn: sqlite3.Connection) -> bool:
-    """Whether the thread that opened ``conn`` still runs; if not, close ``conn`` (no leak)."""
+def _alive(pid: int, ref: weakref.ref[threading.Thread], conn: sqlite3.Connection) -> bool:
+    """Whether ``conn``'s thread still runs; if not, close ``conn`` (threads come and go).
+
+    Connections inherited over fork are forgotten, never closed: closing one in the child could
+    touch the parent's locks and WAL.
+    """
+    if pid != os.getpid():
+        return False
     thread = ref()
     if thread is not None and thread.is_alive():
         return True
@@ -169,7 +175,7 @@ class SqliteStore(StateStore):
         self._synchronous = synchronous
         self._busy_ms = int(busy_timeout * 1000)
         self._local = threading.local()
-        self._all: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        self._all: list[tuple[int, weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,9 +194,10 @@ class SqliteStore(StateStore):
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        me = threading.current_thread()
         with self._all_lock:
-            self._all = [(t, c) for t, c in self._all if _alive(t, c)]
-            self._all.append((weakref.ref(threading.current_thread()), conn))
+            self._all = [(pid, t, c) for pid, t, c in self._all if _alive(pid, t, c)]
+            self._all.append((os.getpid(), weakref.ref(me), conn))
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -236,8 +243,9 @@ class SqliteStore(StateStore):
     def close(self) -> None:
         with self._all_lock:
             conns, self._all = self._all, []
-        for _, conn in conns:
-            conn.close()
+        for pid, _, conn in conns:
+            if pid == os.getpid():  # a forked child must not close its parent's connections
+                conn.close()
         self._local = threading.local()
 
     # -- leases ---------------------------------------------------------------------------------

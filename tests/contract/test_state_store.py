@@ -6,6 +6,7 @@ and how to damage one stored entry on purpose.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -431,6 +432,18 @@ class TestSqliteStore(StateStoreContract):
             worker.join(10)
         assert len(store._all) <= 2
         assert len(store.instances()) == 30
+
+    def test_a_forked_child_uses_its_own_connection(self, store: StateStore) -> None:
+        assert isinstance(store, SqliteStore)
+        store.stage(INST, "parent", b"p")
+        pid = os.fork()
+        if pid == 0:  # child: write through the inherited store object, then leave at once
+            code = 0 if store.stage(INST, "child", b"c") else 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get_raw(INST, "child") == b"c"
+        assert [e.key for e in store.list_entries(INST)] == ["parent", "child"]
 
     def test_database_uses_wal_with_full_sync(self, store: StateStore) -> None:
         assert isinstance(store, SqliteStore)
