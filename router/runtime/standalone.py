@@ -47,6 +47,7 @@ from router.config import (
     load_config,
     load_settings,
 )
+from router.crm.base import CrmAdapter
 from router.errors import ConfigError, RouterError, StopError
 from router.logsetup import configure_logging, log_context
 from router.models import Direction
@@ -221,6 +222,8 @@ class Slot:
     overran: bool = False
     paused: str | None = None
     removed: bool = False
+    #: configuration generation the running cycle started with (see _close_retired)
+    run_generation: int = 0
 
     @property
     def running(self) -> bool:
@@ -258,6 +261,9 @@ class StandaloneRuntime:
         self._watcher = ConfigWatcher(self.config_path, self.config)
         self._next_refresh = self.clock() + self.config.system.config_refresh_period / 1000
         self._announce = False
+        self._generation = 0
+        self._ctx: Context | None = None
+        self._retired: list[tuple[int, CrmAdapter]] = []
         self._apply(self.config)
         self._announce = True
 
@@ -321,11 +327,22 @@ class StandaloneRuntime:
                 self._collect()
                 running = {f: s for f, s in running.items() if not f.done()}
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._close_crms(stuck=bool(running))
         self.stuck = sorted(s.cfg.name for s in running.values())
         for name in self.stuck:
             log.warning("%s: still running at shutdown; releasing its lease", name)
             release_own_leases(self.store, name)
         log.info("email-router run stopped")
+
+    def _close_crms(self, *, stuck: bool) -> None:
+        if stuck:  # a cycle still holds an adapter; the process is about to exit anyway
+            return
+        adapters = [crm for _, crm in self._retired]
+        adapters += list(self._ctx._crms.values()) if self._ctx is not None else []
+        self._retired.clear()
+        for crm in adapters:
+            with suppress(Exception):  # closing is best effort
+                crm.close()
 
     # -- the scheduler --------------------------------------------------------------------------
     def tick(self) -> None:
@@ -344,6 +361,7 @@ class StandaloneRuntime:
         for slot in sorted(due, key=lambda s: s.next_due)[: max(0, free)]:
             slot.started, slot.overran = now, False
             slot.next_due = now + slot.cfg.polling_seconds
+            slot.run_generation = self._generation
             slot.future = self._executor.submit(execute, slot.ctx, slot.cfg)
 
     @staticmethod
@@ -369,6 +387,7 @@ class StandaloneRuntime:
             elif result.stopped:
                 slot.paused = f"{type(result.error).__name__}: {result.error}"
                 log.error("%s: paused until its configuration changes: %s", name, slot.paused)
+        self._close_retired()
 
     def _check_overruns(self, now: float) -> None:
         limit = self.config.system.max_thread_execution / 1000
@@ -399,12 +418,37 @@ class StandaloneRuntime:
         """Make the slots match ``config`` (new context: Deployment changes reach the CRM)."""
         self.config = config
         self._resize(config.system.max_threads)
-        ctx = metrics.metered_context(Context(config, self.store, self.settings))
+        ctx = self._new_context(config)
         now, wanted = self.clock(), {p.name: p for p in config.providers}
         for name in [n for n in self.slots if n not in wanted]:
             self._remove(name)
         for name, cfg in wanted.items():
             self._update(name, cfg, _deployment(config, cfg), ctx, now)
+
+    def _new_context(self, config: Configuration) -> Context:
+        """A context for ``config`` that keeps the CRM adapters of unchanged Deployments.
+
+        Keeping them keeps their tokens and connections across reloads; the adapters of changed
+        or removed Deployments are closed once the cycles that may use them have returned.
+        """
+        ctx = metrics.metered_context(Context(config, self.store, self.settings))
+        old, self._ctx = self._ctx, ctx
+        if old is not None:
+            for name, crm in old._crms.items():
+                if _same_deployment(old.config, config, name):
+                    ctx._crms[name] = crm
+                else:
+                    self._retired.append((self._generation, crm))
+            self._generation += 1
+        return ctx
+
+    def _close_retired(self) -> None:
+        running = [s.run_generation for s in self.slots.values() if s.running]
+        oldest = min(running, default=self._generation)
+        for item in [r for r in self._retired if r[0] < oldest]:
+            self._retired.remove(item)
+            with suppress(Exception):  # closing is best effort
+                item[1].close()
 
     def _remove(self, name: str) -> None:
         slot = self.slots[name]
@@ -444,6 +488,13 @@ class StandaloneRuntime:
             self._executor.shutdown(wait=False)
             self._executor = self.executor_factory(threads)
         self._threads = max(self._threads, threads)
+
+
+def _same_deployment(old: Configuration, new: Configuration, name: str) -> bool:
+    try:
+        return old.deployment(name) == new.deployment(name)
+    except KeyError:
+        return False
 
 
 def release_own_leases(store: StateStore, name: str) -> None:

@@ -433,3 +433,33 @@ def test_a_cycle_longer_than_max_thread_execution_is_reported_once(
     # Then the overrun is logged once, and the instance was not started a second time
     assert caplog.text.count("stuck: cycle running for more than MaxThreadExecution") == 1
     assert recorder.calls["stuck"] == 1
+
+
+class ClosableCrm:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("crm_changes", [False, True])
+def test_reload_keeps_the_crm_adapter_of_an_unchanged_deployment_and_closes_a_changed_one(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime], crm_changes: bool
+) -> None:
+    # Given a runtime whose Deployment "crm" has an adapter (with its token and connections)
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("box")), clock)
+    adapter = ClosableCrm()
+    rt.slots["box"].ctx._crms["crm"] = adapter  # type: ignore[assignment]
+    # When the file changes (the instance only, or the Deployment too)
+    crm = "crm2" if crm_changes else "crm"
+    rt.config_path.write_text(config_xml(instance_xml("box", period=2000), crm=crm))
+    clock.now += 1.0
+    rt.tick()
+    settle(rt)
+    clock.now += 1.0
+    rt.tick()
+    # Then an unchanged Deployment keeps its adapter; a changed one gets a new one, the old closed
+    kept = rt.slots["box"].ctx._crms.get("crm") is adapter
+    assert kept is not crm_changes
+    assert adapter.closed is crm_changes
