@@ -161,3 +161,17 @@ def test_state_option_points_show_and_reset_at_redis(
     finally:
         store.close()
         delete_prefix(redis_url, Keys(prefix))
+
+
+def test_show_reports_a_damaged_cursor_instead_of_failing(
+    setup: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    opts, db = setup
+    store = SqliteStore(db)
+    fill(store)
+    store._conn().execute("UPDATE cursors SET value = '{broken' WHERE instance = 'sales'")
+    store.close()
+    code, out, _ = run(["state", "show", "sales", *opts], capsys)
+    assert code == 0
+    assert "cursor:         <damaged: cursor of sales" in out
+    assert '{"uidnext":43}' in out
