@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.utils import decode_params, unquote
 
 from router.mimetext import decode_bytes, decode_words, raw_header, unfold
@@ -238,13 +239,26 @@ def _attach_message(
 ) -> None:
     """message/rfc822 (and delivery-status & co., whose payload is a list of header blocks)."""
     content = b"\n".join(_message_bytes(child) for child in children)
+    headers = children[0] if children else None
+    if _transfer_encoding(part) in ("base64", "quoted-printable"):
+        # forbidden by RFC 2046, written anyway: the parser read the encoded text as a message
+        content, headers = _decoded_message(content, _transfer_encoding(part))
     name = None
-    if ctype in ("message/rfc822", "message/global") and children:
-        subject = " ".join(decode_words(raw_header(children[0], "subject") or "").split())
+    if ctype in ("message/rfc822", "message/global") and headers is not None:
+        subject = " ".join(decode_words(raw_header(headers, "subject") or "").split())
         # a subject is not a path: its slashes must not cut it short
-        name = safe_filename(re.sub(r"[/\\]", "_", subject) + ".eml") if subject else None
+        stem = re.sub(r"[/\\]", "_", subject).rstrip(". ")
+        name = safe_filename(stem + ".eml") if stem else None
     name = name or filename_of(part) or _generated_name(ctype, found)
     found.attachments.append(Attachment(filename=name, mimetype=ctype, content=content))
+
+
+def _decoded_message(encoded: bytes, cte: str) -> tuple[bytes, Message | None]:
+    try:
+        content = binascii.a2b_base64(encoded) if cte == "base64" else binascii.a2b_qp(encoded)
+        return content, BytesHeaderParser(policy=policy.compat32).parsebytes(content[:65536])
+    except Exception:  # not decodable after all: keep it as it came
+        return encoded, None
 
 
 def _message_bytes(msg: Message) -> bytes:

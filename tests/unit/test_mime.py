@@ -173,6 +173,23 @@ def test_nested_message_becomes_an_eml_attachment_named_after_its_subject() -> N
     assert "inner body" not in activity.body_html
 
 
+def test_base64_encoded_nested_message_is_decoded_before_it_is_attached() -> None:
+    inner = b"From: x@example.com\r\nSubject: Inner one.\r\n\r\ninner body\r\n"
+    raw = msg(
+        "From: a@example.com",
+        "Content-Type: multipart/mixed; boundary=MM",
+        body="--MM\r\nContent-Type: text/plain\r\n\r\nforwarding\r\n"
+        "--MM\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(inner).decode()
+        + "--MM--\r\n",
+    )
+
+    (nested,) = parse_message(raw).attachments
+
+    assert nested.content == inner
+    assert nested.filename == "Inner one.eml"
+
+
 def test_raw_8bit_subject_is_read_as_utf8_then_windows_1252() -> None:
     utf8 = b"From: a@example.com\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n\r\nx"
     cp1252 = b"From: a@example.com\r\nSubject: Gr\xfc\xdfe \x80\r\n\r\nx"
