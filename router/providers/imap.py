@@ -27,6 +27,7 @@ hierarchy delimiter is (``Archive/CRM`` becomes ``Archive.CRM`` on Dovecot's def
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
 import ssl
@@ -119,12 +120,21 @@ class ImapProvider(IncomingProvider):
 
     def _connect(self) -> None:
         self._client = self._create_client()
-        if self.security == "starttls":
-            self._client.starttls(self.options.ssl_context(self.name))
+        try:
+            if self.security == "starttls":
+                self._client.starttls(self.options.ssl_context(self.name))
+            self._login(self._client)
+        except BaseException:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):  # keep the original error
+                client.shutdown()  # open() failed: nobody will call close()
+            raise
+
+    def _login(self, client: IMAPClient) -> None:
         if self.credentials.mode == "xoauth2":
-            self._client.oauth2_login(self.credentials.user, self.credentials.secret())
+            client.oauth2_login(self.credentials.user, self.credentials.secret())
         else:
-            self._client.login(self.credentials.user, self.credentials.secret())
+            client.login(self.credentials.user, self.credentials.secret())
 
     def _close(self) -> None:
         client, self._client = self._client, None

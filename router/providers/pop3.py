@@ -21,6 +21,7 @@ sent at once when the server offers PIPELINING, RFC 2449; default 50), ``ca_bund
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import poplib
 import ssl
@@ -123,22 +124,26 @@ class Pop3Provider(IncomingProvider):
     def _connect(self) -> None:
         client = self._create_client()
         self._client, self._opened = client, True
-        if self.security == "starttls":
-            client.stls(self.options.ssl_context(self.name))
         try:
+            if self.security == "starttls":
+                client.stls(self.options.ssl_context(self.name))
             self._login(client)
+        except BaseException:
+            self._drop()  # open() failed: nobody will call close()
+            raise
+
+    def _login(self, client: poplib.POP3) -> None:
+        try:
+            if self.credentials.mode == "xoauth2":
+                self._xoauth2(client)
+            else:
+                client.user(self.credentials.user)
+                client.pass_(self.credentials.secret())
         except poplib.error_proto as exc:
             text = str(exc)
             if any(code in text for code in TRANSIENT_CODES):
                 raise ProviderUnavailable(f"{self.name}: login deferred: {text}") from None
             raise ProviderAuthError(f"{self.name}: login refused: {text}") from None
-
-    def _login(self, client: poplib.POP3) -> None:
-        if self.credentials.mode == "xoauth2":
-            self._xoauth2(client)
-        else:
-            client.user(self.credentials.user)
-            client.pass_(self.credentials.secret())
 
     def _xoauth2(self, client: Any) -> None:
         """``AUTH XOAUTH2 <initial response>`` (poplib has no AUTH; its private I/O is used).
@@ -254,7 +259,8 @@ class Pop3Provider(IncomingProvider):
         """Forget a session that cannot be used any more; the next operation opens a new one."""
         client, self._client, self._numbers, self._can_pipeline = self._client, None, None, None
         if client is not None:
-            client.close()
+            with contextlib.suppress(OSError):  # the socket may be broken already
+                client.close()
 
     def _post_process(self, refs: Sequence[MessageRef], action: str) -> None:
         if action != "delete":
