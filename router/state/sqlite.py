@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, key TEXT NOT NULL,
     state TEXT NOT NULL, updated_at REAL NOT NULL, data TEXT NOT NULL, UNIQUE (instance, key));
 CREATE INDEX IF NOT EXISTS ledger_order ON ledger (instance, seq);
-CREATE INDEX IF NOT EXISTS ledger_state ON ledger (instance, state, updated_at);
+CREATE INDEX IF NOT EXISTS ledger_state_seq ON ledger (instance, state, seq);
 CREATE TABLE IF NOT EXISTS raw (
     instance TEXT NOT NULL, key TEXT NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (instance, key));
 CREATE TABLE IF NOT EXISTS msgids (
