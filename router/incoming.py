@@ -107,8 +107,8 @@ def _run_poll(
 ) -> None:
     provider = ctx.provider(cfg)
     assert isinstance(provider, IncomingProvider)
-    provider.open()
     try:
+        provider.open()
         post_process(ctx, cfg, provider, report)
         state = InstanceState(
             ctx.store.get_cursor(cfg.name), ctx.store.get_provider_state(cfg.name)
