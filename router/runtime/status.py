@@ -60,9 +60,10 @@ def collect_status(config: Configuration, store: StateStore) -> list[InstanceSta
 
 
 def _stored_instances(store: StateStore) -> list[str]:
-    # "<name>#deliver" and similar are auxiliary leases of an instance, not instances
+    # "<name>#deliver" and similar are auxiliary leases of an instance, and "_outbound" and
+    # other "_" names are the router's own bookkeeping: neither is an instance
     try:
-        return [n for n in store.instances() if "#" not in n]
+        return [n for n in store.instances() if "#" not in n and not n.startswith("_")]
     except RouterError:
         return []
 

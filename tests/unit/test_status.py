@@ -45,8 +45,10 @@ def busy_store() -> MemoryStore:
     store.create_entry("relay", "e1", LedgerState.CLAIMED)
     store.create_entry("relay", "e2", LedgerState.RETRY)
     store.create_entry("relay", "e3", LedgerState.SENT)
-    # an instance no longer in the configuration
+    # an instance no longer in the configuration, and the router's own bookkeeping
     store.create_entry("retired", "x", LedgerState.STAGED)
+    store.create_entry("_outbound", "e1", LedgerState.SENT)
+    store.acquire_lease("sales#deliver", "host-b:1:1", 60)
     return store
 
 
