@@ -144,7 +144,8 @@ class SmtpProvider(OutgoingProvider):
         try:
             # The final dot goes out in its own small write after the body: without NODELAY,
             # Nagle holds it until the server's delayed ACK (40 ms per message).
-            client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if client.sock is not None:
+                client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo()
             if self.config.email_security == "starttls":
                 client.starttls(context=self.options.ssl_context(self.name))
