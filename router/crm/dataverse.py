@@ -39,6 +39,7 @@ from router.crm.dataverse_batch import Part, PartResult, build_batch, parse_batc
 from router.crm.dataverse_http import (
     HARD_MAX_CONNECTIONS,
     RETRYABLE_STATUS,
+    MaybeSent,
     RetryPolicy,
     WebApi,
     make_session,
@@ -201,9 +202,10 @@ class DataverseAdapter(CrmAdapter):
 
     def _deliver_now(self, activity: Activity, target: DeliveryTarget) -> str:
         params = deliver_params(activity, target, inline=not self._separate(activity))
-        email_id = str(
-            self.api.call("POST", DELIVER, "DeliverIncomingEmail", json=params).json()["EmailId"]
+        answer = self.api.call(
+            "POST", DELIVER, "DeliverIncomingEmail", json=params, idempotent=False
         )
+        email_id = str(answer.json()["EmailId"])
         if self._separate(activity):
             self._complete_attachments(email_id, activity.attachments)
         return email_id
@@ -220,6 +222,7 @@ class DataverseAdapter(CrmAdapter):
                     "activitymimeattachments",
                     "create attachment",
                     json=attachment_entity(att, email_id),
+                    idempotent=False,
                 )
 
     def _attachments_of(self, email_id: str, select: str) -> list[dict[str, Any]]:
@@ -297,7 +300,14 @@ class DataverseAdapter(CrmAdapter):
         pending = list(range(len(chunk)))
         for attempt in range(1, self.options.retry.max_attempts + 1):
             parts = [Part("POST", DELIVER, deliver_params(*chunk[i], inline=True)) for i in pending]
-            answers = self._batch(parts, f"$batch of {len(parts)} DeliverIncomingEmail")
+            try:
+                answers = self._batch(parts, f"$batch of {len(parts)} DeliverIncomingEmail", False)
+            except MaybeSent:
+                # Some parts may have been created: go on one by one, each behind
+                # CheckIncomingEmail, so nothing is created twice.
+                for index in pending:
+                    out[index] = self._deliver_single(*chunk[index])[0]
+                return [r for r in out if r is not None]
             pending, wait = self._take_results(pending, answers, out)
             if not pending:
                 return [r for r in out if r is not None]
@@ -330,10 +340,12 @@ class DataverseAdapter(CrmAdapter):
                 )
         return retry, wait
 
-    def _batch(self, parts: list[Part], what: str) -> list[PartResult]:
+    def _batch(self, parts: list[Part], what: str, idempotent: bool = True) -> list[PartResult]:
         content_type, body = build_batch(self.service_path, parts)
         headers = {"Content-Type": content_type, "Prefer": "odata.continue-on-error"}
-        response = self.api.call("POST", "$batch", what, data=body, headers=headers)
+        response = self.api.call(
+            "POST", "$batch", what, data=body, headers=headers, idempotent=idempotent
+        )
         try:
             return parse_batch(response.headers.get("Content-Type", ""), response.content)
         except (ValueError, IndexError) as exc:

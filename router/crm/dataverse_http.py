@@ -51,6 +51,20 @@ RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 HARD_MAX_CONNECTIONS = 50  # Dataverse allows 52 concurrent requests per user and web server
 
 
+class MaybeSent(CrmUnavailable):
+    """Raised when a creating request failed in a way that may have reached the CRM."""
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly did not reach the server (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return isinstance(exc, requests.ConnectionError) and (
+        "NewConnectionError" in text or "NameResolutionError" in text
+    )
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How long and how often the adapter retries before handing the fault to the runtime."""
@@ -154,8 +168,14 @@ class WebApi:
         json: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        idempotent: bool = True,
     ) -> requests.Response:
-        """Send one request with retries; returns the 2xx response or raises a router error."""
+        """Send one request with retries; returns the 2xx response or raises a router error.
+
+        A request that is not ``idempotent`` (it creates records) is not re-sent after a
+        failure that may have happened after the CRM received it (read timeout, dropped
+        connection): :class:`MaybeSent` tells the caller to retry through a duplicate check.
+        """
         refreshed = False
         last_wait: float | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
@@ -165,6 +185,10 @@ class WebApi:
             except requests.exceptions.SSLError as exc:
                 raise transport_error(exc, what) from None
             except requests.RequestException as exc:
+                if not idempotent and not _never_sent(exc):
+                    raise MaybeSent(
+                        f"{what}: {describe(exc)} (it may have reached the CRM)"
+                    ) from None
                 last_wait = self._pause(attempt, None, what, describe(exc))
                 continue
             status = response.status_code

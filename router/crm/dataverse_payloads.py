@@ -22,6 +22,7 @@ from router.crm.base import DeliveryTarget, Owners
 from router.models import Activity, Address, Attachment, OutboundEmail
 
 NS = "Microsoft.Dynamics.CRM."
+FETCH_MAX = 5000  # the most records one FetchXML page returns
 SUBJECT_MAX = 800  # email.subject: longer subjects are refused by Dataverse, so we cut them
 PENDING_SEND, SENT, FAILED = 6, 3, 8
 PRIORITY_TO_IMPORTANCE = {0: "low", 1: "normal", 2: "high"}
@@ -157,7 +158,7 @@ def pending_fetchxml(owners: Owners, limit: int) -> str:
     """The FetchXML of BackgroundSendEmail: Pending Send, outgoing, of ``owners``, oldest first."""
     attributes = "".join(f'<attribute name="{c}"/>' for c in PENDING_COLUMNS)
     return (
-        f'<fetch version="1.0" mapping="logical" count="{int(limit)}">'
+        f'<fetch version="1.0" mapping="logical" count="{max(1, min(int(limit), FETCH_MAX))}">'
         f'<entity name="email">{attributes}<filter type="and">'
         f'<condition attribute="statuscode" operator="eq" value="{PENDING_SEND}"/>'
         '<condition attribute="directioncode" operator="eq" value="1"/>'

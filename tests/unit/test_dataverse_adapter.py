@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 import requests
 
-from router.crm.base import Owners
+from router.crm.base import DeliveryTarget, Owners
+from router.crm.dataverse import DataverseAdapter
 from router.crm.dataverse_auth import TokenSource
 from router.crm.dataverse_batch import Part, build_batch, parse_batch
-from router.crm.dataverse_http import RetryPolicy, WebApi, retry_after_seconds
+from router.crm.dataverse_http import MaybeSent, RetryPolicy, WebApi, retry_after_seconds
 from router.crm.dataverse_payloads import odata_string, owners_filter, pending_fetchxml
 from router.crm.simulator.fetchxml import evaluate
 from router.errors import CrmAuthError, CrmRejected, CrmUnavailable
+from router.models import Activity, DeliveryResult
 
 
 class FakeTokens:
@@ -198,3 +200,35 @@ def test_mailbox_filter_is_escaped() -> None:
     row = {"activityid": "1", "statuscode": 6, "directioncode": 1, "sender": odd, "createdon": 0}
     assert evaluate(query, [row, {**row, "activityid": "2", "sender": "c@x"}])[0] == [row]
     assert odd not in owners_filter(Owners(mailbox=odd))
+
+
+def test_a_creating_request_is_not_resent_after_a_read_timeout() -> None:
+    class TimingOut(FakeSession):
+        def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+            self.sent.append((method, url, kwargs["headers"]))
+            raise requests.ReadTimeout("Read timed out")
+
+    api, sleeps, _ = web_api([])
+    api.session = TimingOut([])
+    with pytest.raises(MaybeSent):
+        api.call("POST", "emails/x", "deliver", json={}, idempotent=False)
+    assert len(api.session.sent) == 1 and sleeps == []
+
+
+def test_a_batch_that_may_have_been_applied_falls_back_to_checked_single_deliveries() -> None:
+    adapter = DataverseAdapter("https://org.example", "https://login.example/t", "c", lambda: "s")
+    singles: list[str] = []
+
+    def batch(*args: Any, **kwargs: Any) -> Any:
+        raise MaybeSent("read timed out")
+
+    def single(activity: Activity, target: DeliveryTarget) -> list[Any]:
+        singles.append(activity.message_id)
+        return [DeliveryResult(f"id-{activity.message_id}", duplicate=True)]
+
+    adapter._batch = batch  # type: ignore[method-assign]
+    adapter._deliver_single = single  # type: ignore[method-assign]
+    acts = [Activity(f"<m{i}@x>", "s", "", None) for i in range(3)]
+    results = adapter.deliver_many([(a, DeliveryTarget()) for a in acts])
+    assert singles == [a.message_id for a in acts]
+    assert all(isinstance(r, DeliveryResult) and r.duplicate for r in results)
