@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -276,7 +277,7 @@ def _prepare(
         _quarantine(ctx, cfg.name, entry.key, "staged bytes are missing", report)
         return None
     try:
-        activity = parse(raw, cfg)
+        activity = parse(raw, cfg, received_on=datetime.fromtimestamp(entry.updated_at, UTC))
     except MessageUnusable as exc:
         _quarantine(ctx, cfg.name, entry.key, str(exc), report)
         return None
@@ -286,11 +287,16 @@ def _prepare(
     return _apply_policy(ctx, cfg, entry, activity, report)
 
 
-def parse(raw: bytes, cfg: ProviderConfiguration) -> Activity:
-    """Parse raw bytes with the instance's size limit (MessageUnusable when hopeless)."""
+def parse(
+    raw: bytes, cfg: ProviderConfiguration, *, received_on: datetime | None = None
+) -> Activity:
+    """Parse raw bytes with the instance's size limit (MessageUnusable when hopeless).
+
+    ``received_on`` (the staging time) stands in for a missing or unusable Date header.
+    """
     from router.mime import parse_message
 
-    return parse_message(raw, max_size=cfg.max_message_size)
+    return parse_message(raw, max_size=cfg.max_message_size, received_on=received_on)
 
 
 def _apply_policy(
