@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from router.config import ProviderConfiguration
 from router.errors import ConfigError, CrmError, MessageUnusable, RouterError
