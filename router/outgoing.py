@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 OUTBOUND = "_outbound"
 DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX = 60.0, 3600.0
 Clock = Callable[[], float]
+#: Entry states an email can still leave for SENT or FAILED.
+_OPEN_STATES = (LedgerState.CLAIMED, LedgerState.SUBMITTED, LedgerState.RETRY, LedgerState.SENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,9 +354,8 @@ class _Batch:
             self.crm.mark_sent(email.email_id, message_id, email.tracking_token)
         except CrmRejected as exc:  # e.g. deleted in the CRM meanwhile: the mail did leave
             log.warning("%s: email %s sent but not marked: %s", self.name, email.email_id, exc)
-        self.store.transition(
-            OUTBOUND, entry.key, [LedgerState.SUBMITTED, LedgerState.SENT], LedgerState.SENT
-        )
+        # From CLAIMED/RETRY too: a retry of the last few recipients may end the email as Sent.
+        self.store.transition(OUTBOUND, entry.key, _OPEN_STATES, LedgerState.SENT)
         return EmailOutcome(email.email_id, "sent", "", message_id, entry.attempts)
 
     def _fail(self, email: OutboundEmail, entry: LedgerEntry, reason: str) -> EmailOutcome:

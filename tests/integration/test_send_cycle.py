@@ -266,3 +266,24 @@ def test_server_dropping_the_idle_connection_is_reconnected(smtp_server: Any) ->
     ctx.provider = provider_that_loses_its_connection  # type: ignore[method-assign]
     report = send_cycle(ctx, "out")
     assert report.sent == 4 and len(sink.messages) == 4
+
+
+def test_recipient_that_keeps_deferring_ends_as_sent_when_the_others_got_it(
+    smtp_server: Any,
+) -> None:
+    # Given a server that defers the Cc recipient on every attempt
+    sink = smtp_server(rcpt_always={"cc1@example.com": "452 4.2.2 mailbox full"})
+    cfg = outgoing_cfg(sink.port, params={"retry_backoff": "1"}, max_attempts=2)
+    clock = Clock()
+    ctx, crm = make_context(configuration(cfg))
+    crm.add_outbound(sample_email(1), OWNER)
+
+    # When the attempts run out
+    for _ in range(3):
+        send_cycle(ctx, "out", clock=clock)
+        clock.now += 10
+
+    # Then the email left (To and Bcc got it once) and is Sent, not Failed
+    assert [m.rcpt_tos for m in sink.messages] == [("to1@example.com", "bcc1@example.com")]
+    assert crm.outbound["e00001"].status == "sent"
+    assert ctx.store.get_entry(OUTBOUND, ledger_key("e00001")).state is LedgerState.SENT
