@@ -6,13 +6,15 @@ It reads the counters, the ledger counts and the lease of each instance named in
 standalone runtime or Celery workers do the work, and it never takes a lease or changes anything.
 
 Backlog: incoming, messages staged but not yet in the CRM (ledger STAGED); outgoing, emails
-claimed or waiting for a retry (CLAIMED + RETRY).
+claimed or waiting for a retry (CLAIMED + RETRY). Outbound claims live in one shared ledger
+namespace (``router.outgoing.OUTBOUND``); each entry names the instance that claimed it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -51,12 +53,31 @@ class InstanceStatus:
 
 def collect_status(config: Configuration, store: StateStore) -> list[InstanceStatus]:
     """A row for every configured instance, then for instances only the store knows."""
-    rows = [_row(store, p.name, p.direction, p.enabled, configured=True) for p in config.providers]
+    claims = _outbound_claims(store)
+    rows = [
+        _row(store, p.name, p.direction, p.enabled, claims, configured=True)
+        for p in config.providers
+    ]
     known = {p.name for p in config.providers}
     for name in _stored_instances(store):
         if name not in known:
-            rows.append(_row(store, name, None, False, configured=False))
+            rows.append(_row(store, name, None, False, claims, configured=False))
     return rows
+
+
+def _outbound_claims(store: StateStore) -> dict[str, Counter[LedgerState]]:
+    """Open outbound claims (and quarantined ones) per claiming instance."""
+    from router.outgoing import OUTBOUND
+
+    wanted = [LedgerState.CLAIMED, LedgerState.RETRY, LedgerState.QUARANTINED]
+    claims: dict[str, Counter[LedgerState]] = defaultdict(Counter)
+    try:
+        entries = store.list_entries(OUTBOUND, wanted)
+    except RouterError:
+        return claims
+    for entry in entries:
+        claims[str(entry.extra.get("instance", ""))][entry.state] += 1
+    return claims
 
 
 def _stored_instances(store: StateStore) -> list[str]:
@@ -69,11 +90,17 @@ def _stored_instances(store: StateStore) -> list[str]:
 
 
 def _row(
-    store: StateStore, name: str, direction: Direction | None, enabled: bool, *, configured: bool
+    store: StateStore,
+    name: str,
+    direction: Direction | None,
+    enabled: bool,
+    claims: dict[str, Counter[LedgerState]],
+    *,
+    configured: bool,
 ) -> InstanceStatus:
     try:
         stats = store.get_stats(name)
-        counts = store.count_entries(name)
+        counts = Counter(store.count_entries(name)) + claims.get(name, Counter())
         lease = store.get_lease(name)
     except RouterError as exc:  # one damaged instance must not hide the others
         return InstanceStatus(

@@ -11,6 +11,7 @@ import pytest
 from router.cli import main
 from router.config import Configuration, Deployment, ProviderConfiguration
 from router.models import Direction, LedgerState
+from router.outgoing import OUTBOUND
 from router.runtime.status import InstanceStatus, ago, collect_status, format_table, to_json
 from router.state.memory import MemoryStore
 from router.state.sqlite import SqliteStore
@@ -41,10 +42,13 @@ def busy_store() -> MemoryStore:
     store.record_poll("sales", processed=5)
     store.record_poll("sales", error="ProviderUnavailable: connection refused")
     store.acquire_lease("sales", "host-a:123:1", 60)
-    # relay: claimed + retry count as backlog, submitted/sent do not
-    store.create_entry("relay", "e1", LedgerState.CLAIMED)
-    store.create_entry("relay", "e2", LedgerState.RETRY)
-    store.create_entry("relay", "e3", LedgerState.SENT)
+    # relay: claimed + retry count as backlog, submitted/sent do not; outbound claims live in
+    # the shared "_outbound" namespace and name their instance
+    mine, other = {"instance": "relay"}, {"instance": "another-relay"}
+    store.create_entry(OUTBOUND, "out:e1", LedgerState.CLAIMED, extra=mine)
+    store.create_entry(OUTBOUND, "out:e2", LedgerState.RETRY, extra=mine)
+    store.create_entry(OUTBOUND, "out:e3", LedgerState.SENT, extra=mine)
+    store.create_entry(OUTBOUND, "out:e4", LedgerState.CLAIMED, extra=other)
     # an instance no longer in the configuration, and the router's own bookkeeping
     store.create_entry("retired", "x", LedgerState.STAGED)
     store.create_entry("_outbound", "e1", LedgerState.SENT)
