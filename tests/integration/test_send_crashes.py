@@ -84,7 +84,12 @@ def test_sender_sigkilled_20_times_sends_every_email_exactly_once(
 
     # And a last sender runs to the end
     last = _sender(sink.port, crm_path, state_path)
-    assert last.wait(timeout=60) == 0, f"seed {seed}"
+    try:
+        assert last.wait(timeout=60) == 0, f"seed {seed}"
+    finally:
+        if last.poll() is None:
+            last.kill()
+            last.wait(timeout=10)
 
     # Then the sink holds each email exactly once and the CRM has them all Sent
     ids = _message_ids(sink)
