@@ -16,7 +16,7 @@ def open_store(url: str, *, prefix: str = "er") -> StateStore:
     if scheme == "sqlite":
         from router.state.sqlite import SqliteStore
 
-        return SqliteStore(_sqlite_path(url))
+        return SqliteStore.from_url(url)
     if scheme in ("redis", "rediss", "unix"):
         from router.state.redis import RedisStore
 

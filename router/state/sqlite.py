@@ -12,7 +12,8 @@ Features:
       ``busy_timeout`` makes a waiting writer queue instead of failing.
     * versioned schema (``meta.schema_version``); a file written by a newer version is refused.
 
-Connection string: ``sqlite:///relative/state.db`` or ``sqlite:////absolute/state.db``.
+Connection string: ``sqlite:///relative/state.db`` or ``sqlite:////absolute/state.db``, with
+optional ``?synchronous=NORMAL`` and ``busy_timeout=<seconds>`` (default 15).
 
 Errors: a locked or unreadable database raises :class:`~router.errors.StateUnavailable`; a ledger
 row, cursor or provider state that does not decode raises :class:`~router.errors.StateCorrupt`
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
+from urllib.parse import parse_qsl
 
 from router.errors import ConfigError, LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerEntry, LedgerState
@@ -182,6 +184,23 @@ class SqliteStore(StateStore):
         except OSError as exc:
             raise StateUnavailable(f"SQLite state store {self.path}: {exc.strerror}") from exc
         self._init_schema()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """Open ``sqlite:///path[?synchronous=NORMAL&busy_timeout=30]``."""
+        from router.state.factory import _sqlite_path
+
+        path, _, query = _sqlite_path(url).partition("?")
+        options = dict(parse_qsl(query, keep_blank_values=True))
+        sync = options.pop("synchronous", "FULL").upper()
+        timeout = options.pop("busy_timeout", "15")
+        if options or sync not in ("FULL", "NORMAL") or not timeout.replace(".", "", 1).isdigit():
+            raise ConfigError(
+                f"StateStore: {url!r}: the options are synchronous=FULL|NORMAL and "
+                "busy_timeout=<seconds>"
+            )
+        mode: Literal["FULL", "NORMAL"] = "FULL" if sync == "FULL" else "NORMAL"
+        return cls(path or "state.db", synchronous=mode, busy_timeout=float(timeout))
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"

@@ -57,6 +57,11 @@ def run_backend(store: StateStore, backlog: int, instances: int) -> dict[str, fl
         backlog,
         lambda i: store.transition(inst, f"7:{i}", [S.STAGED], S.DELIVERED, activity_id="a"),
     )
+    store.stage(inst, "new", RAW)  # one fresh message behind a long history
+    start = time.perf_counter()
+    for _ in range(200):
+        assert [e.key for e in store.list_entries(inst, [S.STAGED], limit=1)] == ["new"]
+    results["oldest-staged us"] = (time.perf_counter() - start) / 200 * 1e6
     results["idle inst/s"] = rate(instances, lambda i: idle_instance(store, f"mbx-{i}"))
     return results
 
