@@ -167,6 +167,14 @@ class SmtpProvider(OutgoingProvider):
     def _submit(self, email: OutboundEmail, message: bytes, envelope_from: str) -> SubmitResult:
         return self._guarded(email.email_id, message, envelope_from, _recipients(email), None)
 
+    def _describe(self, operation: str, exc: BaseException) -> str:
+        """Say what the server answered (``535 5.7.8 ...``), not a Python tuple of bytes."""
+        if isinstance(exc, smtplib.SMTPResponseException):
+            reply = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            kind = type(exc).__name__
+            return f"{self.name}: {operation} on {self.host}:{self.port} failed: {kind}: {reply}"
+        return super()._describe(operation, exc)
+
     # -- authentication -------------------------------------------------------------------------
     def _login(self, client: smtplib.SMTP) -> None:
         mode = self.config.email_auth_mode
