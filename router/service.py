@@ -91,9 +91,33 @@ def make_crm(dep: Deployment) -> CrmAdapter:
         from router.crm.dataverse import DataverseAdapter
 
         return DataverseAdapter.from_deployment(dep)
+    if ":" in dep.adapter:
+        return _custom_crm(dep)
     raise ConfigError(
-        f"Deployment {dep.name!r}: unknown <Adapter> {dep.adapter!r} (use dataverse or memory)"
+        f"Deployment {dep.name!r}: unknown <Adapter> {dep.adapter!r} "
+        "(use dataverse, memory or package.module:Class)"
     )
+
+
+def _custom_crm(dep: Deployment) -> CrmAdapter:
+    """``<Adapter>package.module:Class</Adapter>``: a CrmAdapter with ``from_deployment(dep)``."""
+    import importlib
+
+    module, _, attr = dep.adapter.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"Deployment {dep.name!r}: cannot load <Adapter> {dep.adapter!r}: {exc}"
+        ) from None
+    build = getattr(cls, "from_deployment", None)
+    if not (isinstance(cls, type) and issubclass(cls, CrmAdapter) and callable(build)):
+        raise ConfigError(
+            f"Deployment {dep.name!r}: <Adapter> {dep.adapter!r} is not a CrmAdapter "
+            "with a from_deployment(deployment) classmethod"
+        )
+    adapter: CrmAdapter = build(dep)
+    return adapter
 
 
 def _memory_crm() -> CrmAdapter:

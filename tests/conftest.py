@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.servers.redis_server",
     "tests.servers.dovecot",
     "tests.servers.smtp",
+    "tests.servers.celery_procs",
     "tests.servers.simulator",
 ]

@@ -99,5 +99,4 @@ class ConfigScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        path = getattr(getattr(self, "_file", None), "path", "?")
-        return f"    . config -> {path}"
+        return f"    . config -> {Settings().config}"

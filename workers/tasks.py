@@ -9,7 +9,9 @@ What a task does with the router's errors (``router.errors``):
   sooner than the ``retry_after`` the remote side asked for, at most ``MAX_RETRIES`` times.
 * :class:`~router.errors.QuarantineError` - logged; the service already set the message aside.
 * :class:`~router.errors.StopError` (configuration, credentials) - logged as an error naming the
-  instance and recorded in its counters (``email-router status``); not retried.
+  instance and recorded in its counters (``email-router status``); not retried, and the
+  instance's next tasks do nothing until the configuration file changes or ``STOP_PAUSE`` passes
+  (retrying refused credentials every period would lock the account).
 
 A task for an instance that is no longer in the configuration (or is disabled) does nothing.
 """
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import Task
@@ -37,6 +41,10 @@ Summary = dict[str, Any]
 #: A deliver task enqueued by a poll expires after this many polling periods (at least a minute):
 #: the next poll enqueues a fresh one while staged messages remain.
 DELIVER_EXPIRY_PERIODS = 10
+#: Prefix of the error recorded for a StopError; such an instance is paused (see _paused).
+STOP_MARK = "stopped: "
+#: Longest pause (seconds) of an instance after a StopError when the file does not change.
+STOP_PAUSE = 600.0
 
 
 class RouterTask(Task):
@@ -103,7 +111,7 @@ def run_for(task: str, instance: str, direction: Direction, body: Body) -> Summa
         except ConfigError as exc:  # nothing loaded yet: the file itself is broken
             log.error("%s: %s: configuration cannot be used: %s", instance, task, exc)
             return None
-        if not _wanted(ctx, instance, direction):
+        if not _wanted(ctx, instance, direction) or _paused(ctx, instance):
             return None
         return _guarded(task, ctx, instance, body)
 
@@ -139,9 +147,35 @@ def _wanted(ctx: Context, instance: str, direction: Direction) -> bool:
 def _stopped(ctx: Context, instance: str, exc: StopError) -> None:
     log.error("%s: stopped until the configuration or credentials are fixed: %s", instance, exc)
     try:
-        ctx.store.record_poll(instance, error=f"{type(exc).__name__}: {exc}"[:500])
+        ctx.store.record_poll(instance, error=f"{STOP_MARK}{type(exc).__name__}: {exc}"[:500])
     except Exception:  # the error is logged either way
         log.warning("%s: could not record the error", instance, exc_info=True)
+
+
+def _paused(ctx: Context, instance: str) -> bool:
+    """True while the instance's last cycle stopped on a StopError and nothing changed since.
+
+    Retrying refused credentials every PollingPeriod would only lock the account: the instance
+    waits until the configuration file changes (the usual fix) or STOP_PAUSE passes (a secret
+    rotated in its own file or variable). Stored in the state store, so every worker agrees.
+    """
+    stats = ctx.store.get_stats(instance)
+    stopped_at = stats.last_error_at
+    if stopped_at is None or not (stats.last_error or "").startswith(STOP_MARK):
+        return False
+    if (stats.last_success or 0.0) > stopped_at or time.time() - stopped_at > STOP_PAUSE:
+        return False
+    if _file_mtime(HOLDER.settings.config) > stopped_at:
+        return False
+    log.info("%s: paused after %s", instance, stats.last_error)
+    return True
+
+
+def _file_mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _poll(ctx: Context, name: str) -> Summary:

@@ -332,6 +332,12 @@ def test_redis_never_hands_a_running_or_waiting_task_to_a_second_worker() -> Non
     assert timeout > time_limits(system)[1] + RETRY_BACKOFF_MAX
 
 
+def test_plain_celery_beat_uses_the_scheduler_that_follows_the_configuration() -> None:
+    conf = celery_config(Settings(), SystemConfiguration(config_refresh_period=2500))
+    assert conf["beat_scheduler"] == "workers.scheduler:ConfigScheduler"
+    assert conf["beat_max_loop_interval"] == 2.5
+
+
 def test_each_kind_of_task_has_its_own_queue() -> None:
     conf = celery_config(Settings(), SystemConfiguration())
     assert [q.name for q in conf["task_queues"]] == list(QUEUES)
@@ -348,3 +354,59 @@ def test_celery_command_finds_the_app_in_the_workers_package() -> None:
 
     assert find_app("workers") is workers.celery
     assert "workers.tasks.poll" in workers.celery.tasks
+
+
+def test_worker_survives_kombu_failing_to_close_a_collected_broker_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery.worker.consumer import Consumer
+
+    from workers.consumer import RobustConsumer
+
+    def broken_cleanup(self: Consumer, exc: Exception) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+    monkeypatch.setattr(Consumer, "on_connection_error_after_connected", broken_cleanup)
+    import workers
+
+    consumer = RobustConsumer.__new__(RobustConsumer)
+    consumer.app, consumer.pool, consumer.connection = workers.celery, None, object()
+    consumer.on_connection_error_after_connected(ConnectionError("lost"))
+    assert consumer.connection is None
+    assert celery_config(Settings(), SystemConfiguration())["worker_consumer"] == (
+        "workers.consumer:RobustConsumer"
+    )
+
+
+def test_an_instance_whose_credentials_were_refused_waits_for_the_file_to_change(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.write(refresh=60_000)  # keep this memory store: no reload mid-test
+    world.box.append(message(1))
+    MEMORY_CRMS["crm"] = MemoryCrm()
+    crm_fault(world, CrmAuthError("token refused"))
+    tasks.deliver("box")
+    calls = len(world.crm.calls)
+    # paused: the next tasks do not touch the CRM
+    assert tasks.deliver("box") is None
+    assert tasks.poll("box") is None
+    assert len(world.crm.calls) == calls
+    # the operator fixes the file: the instance works again
+    world.crm.fault = None
+    time.sleep(0.01)
+    world.path.write_text(world.path.read_text() + "\n")
+    assert tasks.deliver("box")["delivered"] == 1
+
+
+def test_a_paused_instance_tries_again_after_the_longest_pause(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.write(refresh=60_000)  # keep this memory store: no reload mid-test
+    world.box.append(message(1))
+    MEMORY_CRMS["crm"] = MemoryCrm()
+    crm_fault(world, CrmAuthError("token refused"))
+    tasks.deliver("box")
+    world.crm.fault = None
+    monkeypatch.setattr(tasks, "STOP_PAUSE", 0.0)
+    time.sleep(0.01)
+    assert tasks.deliver("box")["delivered"] == 1
