@@ -1,7 +1,7 @@
 """Celery signal handlers: logging, the per-process context, and the metrics hook points.
 
-* ``setup_logging`` - the router's redacting text/JSON logging (``ROUTER_LOG_FORMAT``) replaces
-  Celery's own, in the worker, beat and every pool process.
+* ``setup_logging`` - the router's redacting text/JSON logging (``ROUTER_LOG_FORMAT``; level
+  ``ROUTER_LOG_LEVEL``, else ``<LogLevel>``) replaces Celery's own in the worker, beat and pool.
 * ``worker_process_init`` - a pool child forgets any context inherited from its parent (its
   sockets belong to the parent); the child opens its own on first use.
 * ``worker_process_shutdown`` - close the child's context (state store, CRM sessions).
@@ -40,7 +40,7 @@ def _setup_logging(**_: Any) -> None:
     from router.logsetup import configure_logging
 
     settings = Settings()
-    configure_logging(system_of(settings).log_level, settings.log_format)
+    configure_logging(settings.log_level or system_of(settings).log_level, settings.log_format)
 
 
 @worker_process_init.connect

@@ -94,7 +94,7 @@ def send(self: RouterTask, instance: str) -> Summary | None:
 
 @app.task(bind=True, base=RouterTask, name="workers.tasks.housekeeping")
 def housekeeping(self: RouterTask) -> Summary | None:
-    """Re-queue delivery of staged leftovers and run the service's cleanup (if it has one)."""
+    """Re-queue delivery of staged leftovers; purge finished ledger entries past retention."""
     with HOLDER.use() as ctx:
         return _housekeeping(ctx)
 
@@ -211,16 +211,16 @@ def _send(ctx: Context, name: str) -> Summary:
 
 
 def _housekeeping(ctx: Context) -> Summary:
-    from router import service
+    """Re-queue delivery where staged messages wait (a lost deliver task), purge old entries."""
+    from router.housekeeping import housekeeping as purge_finished
 
     requeued = []
     for cfg in ctx.config.providers:
         if cfg.enabled and cfg.direction is Direction.INCOMING and _has_staged(ctx, cfg.name):
             deliver.apply_async((cfg.name,), queue="crm", expires=RETRY_BACKOFF_MAX)
             requeued.append(cfg.name)
-    cleanup = getattr(service, "housekeeping", None)
-    result = cleanup(ctx) if callable(cleanup) else None
-    return {"requeued": requeued, "cleanup": summary(result) if result is not None else None}
+    purged = purge_finished(ctx)
+    return {"requeued": requeued, "purged": purged.total}
 
 
 def summary(report: object) -> Summary:

@@ -410,3 +410,21 @@ def test_a_paused_instance_tries_again_after_the_longest_pause(
     monkeypatch.setattr(tasks, "STOP_PAUSE", 0.0)
     time.sleep(0.01)
     assert tasks.deliver("box")["delivered"] == 1
+
+
+def test_housekeeping_requeues_delivery_of_staged_leftovers_and_purges_old_entries(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.write(refresh=60_000)
+    world.box.append(message(1))
+    world.box.append(message(2))
+    tasks.poll("box")
+    world.enqueued.clear()
+    with world.holder.use() as ctx:  # one entry finished long ago
+        ctx.store.create_entry("box", "old", LedgerState.DONE)
+        with monkeypatch.context() as later:  # 2096: far past the 30-day retention
+            later.setattr(time, "time", lambda: 4_000_000_000.0)
+            result = tasks.housekeeping()
+        assert ctx.store.get_entry("box", "old") is None
+    assert result == {"requeued": ["box"], "purged": 1}
+    assert world.enqueued[0][0] == ("box",)
