@@ -2,8 +2,7 @@
 
 * :func:`write_config` writes the XML configuration a subprocess reads (secrets come from the
   environment, :func:`router_env`).
-* :func:`run_cli` runs ``email-router ...`` in a subprocess and measures its peak RSS
-  (``os.wait4`` gives the rusage of that one child, not of every child pytest ever waited for).
+* :func:`run_cli` runs ``email-router ...`` in a subprocess and measures its peak RSS (VmHWM).
 * :class:`KilledPoller` starts a small driver that polls until the mailbox is drained; the test
   SIGKILLs it at random points.
 * :func:`mailbox_ids` / :func:`crm_ids` read what the mail server and the simulator hold.
@@ -155,45 +154,46 @@ class Run:
     seconds: float
 
 
+#: ``email-router`` with its own peak RSS written at exit. The kernel's VmHWM is the peak of the
+#: process's memory after exec; ``ru_maxrss`` (getrusage/wait4) is not usable here because it also
+#: counts the forked copy of pytest before exec (hundreds of MB once a test holds a big message).
+CLI = """\
+import atexit, os, re, sys
+def _hwm():
+    status = open("/proc/self/status").read()
+    with open(os.environ["ER_TEST_HWM_FILE"], "w") as out:
+        out.write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+atexit.register(_hwm)
+from router.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run_cli(args: list[str], timeout: float = 60.0) -> Run:
-    """Run ``email-router *args`` to completion; kill it after ``timeout`` seconds."""
-    return run_measured([sys.executable, "-m", "router.cli", *args], timeout)
-
-
-def run_measured(argv: list[str], timeout: float) -> Run:
-    """Run ``argv``; its peak RSS comes from ``wait4`` on exactly this child."""
-    out, err = _tempfile(), _tempfile()
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=out, stderr=err, env=router_env())
-    status, usage = _wait4(proc, started + timeout)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out.seek(0)
-    err.seek(0)
-    return Run(
-        proc.returncode,
-        out.read().decode(errors="replace"),
-        err.read().decode(errors="replace"),
-        usage.ru_maxrss / 1024.0,  # KiB on Linux
-        time.monotonic() - started,
-    )
-
-
-def _tempfile() -> Any:
+    """Run ``email-router *args`` to completion (killed after ``timeout`` s) and measure it."""
     import tempfile
 
-    return tempfile.TemporaryFile()
-
-
-def _wait4(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, Any]:
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            return status, usage
-        if time.monotonic() > deadline:
-            proc.kill()
-            _pid, status, usage = os.wait4(proc.pid, 0)
-            raise AssertionError(f"{proc.args!r} did not finish in time")
-        time.sleep(0.02)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err, hwm = Path(tmp, "out"), Path(tmp, "err"), Path(tmp, "hwm")
+        env = {**router_env(), "ER_TEST_HWM_FILE": str(hwm)}
+        started = time.monotonic()
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CLI, *args], stdout=stdout, stderr=stderr, env=env
+            )
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                raise AssertionError(f"email-router {' '.join(args)} did not finish") from None
+        return Run(
+            proc.returncode,
+            out.read_text(errors="replace"),
+            err.read_text(errors="replace"),
+            int(hwm.read_text()) / 1024.0 if hwm.exists() else float("nan"),
+            time.monotonic() - started,
+        )
 
 
 #: The killable poller: waits until no lease is held (a killed predecessor's lease expires after
