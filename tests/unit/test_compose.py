@@ -152,3 +152,31 @@ def test_lines_starting_with_dots_and_long_lines_are_safe() -> None:
     raw = compose_message(_email(body_html=html)).raw
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     assert "x" * 2000 in _parse(raw).get_body(("html",)).get_content()
+
+
+def test_long_headers_are_folded_and_read_back_unchanged() -> None:
+    to = tuple(Address(f"person{i}@example.com", f"Pérson Nümber {i}") for i in range(40))
+    subject = "Sehr lange Betreffzeile mit Ümlauten " * 6
+    composed = compose_message(_email(to=to, subject=subject, tracking_token=None))
+    msg = _parse(composed.raw)
+    head = composed.raw.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    assert [a.addr_spec for a in msg["To"].addresses] == [a.email for a in to]
+    assert [a.display_name for a in msg["To"].addresses] == [a.name for a in to]
+    assert msg["Subject"] == " ".join(subject.split())
+
+
+def test_long_non_ascii_file_name_uses_rfc_2231_continuations() -> None:
+    name = "Jahresübersicht " * 12 + "ÄÖÜ.xlsx"
+    file = Attachment(name, "application/vnd.ms-excel", b"data")
+    composed = compose_message(_email(attachments=(file,)))
+    (part,) = list(_parse(composed.raw).iter_attachments())
+    assert part.get_filename() == " ".join(name.split())
+    assert b"filename*1*=" in composed.raw
+
+
+def test_ascii_file_name_with_quotes_is_escaped() -> None:
+    file = Attachment('the "final" \\ version.txt', "text/plain", b"hello")
+    (part,) = list(_parse(compose_message(_email(attachments=(file,))).raw).iter_attachments())
+    assert part.get_filename() == 'the "final" \\ version.txt'
+    assert part.get_content_type() == "text/plain"
