@@ -31,7 +31,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from router.compose import Composed, compose_message, normalize_message_id
@@ -148,7 +147,6 @@ class _Batch:
     def run(self) -> None:
         pending = self.crm.list_pending(owners(self.cfg), self.cfg.max_message_count)
         self.report.pending = len(pending)
-        self.composer = _Composer(pending)
         try:
             for email in pending:
                 self._keep_lease()
@@ -156,7 +154,6 @@ class _Batch:
         except _StopBatch as exc:
             self.report.error = str(exc)
         finally:
-            self.composer.close()
             if self.provider is not None:
                 self.provider.close()
 
@@ -245,7 +242,7 @@ class _Batch:
     # -- sending --------------------------------------------------------------------------------
     def _send(self, email: OutboundEmail, entry: LedgerEntry, token: str) -> EmailOutcome:
         try:
-            composed = self.composer.get(email)
+            composed = compose_message(email)
         except (ValueError, TypeError, UnicodeError) as exc:  # bad data in the CRM record
             return self._fail(email, entry, f"cannot compose the message: {exc}")
         rcpts = list(entry.extra.get("rcpts") or composed.recipients)
@@ -399,41 +396,6 @@ class _Batch:
         self.store.transition(
             OUTBOUND, key, [LedgerState.CLAIMED], LedgerState.RETRY, extra={"next_at": 0.0}
         )
-
-
-class _Composer:
-    """Composes the next few emails in a thread while the current one is on the wire.
-
-    Composition is CPU work (the ``email`` package) and the SMTP exchange mostly waits for the
-    server, so overlapping them keeps the cycle close to the speed of a bare SMTP loop.
-    """
-
-    AHEAD = 8
-
-    def __init__(self, emails: list[OutboundEmail]) -> None:
-        self.emails, self.next = emails, 0
-        self.position = {e.email_id: i for i, e in enumerate(emails)}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose")
-        self.futures: dict[str, Future[Composed]] = {}
-        self._fill(0)
-
-    def get(self, email: OutboundEmail) -> Composed:
-        future = self.futures.pop(email.email_id, None)
-        position = self.position.get(email.email_id, self.next)
-        for passed in [k for k in self.futures if self.position[k] < position]:
-            self.futures.pop(passed).cancel()  # emails the cycle did not need to compose
-        self._fill(position + 1)
-        return future.result() if future is not None else compose_message(email)
-
-    def _fill(self, start: int) -> None:
-        self.next = max(self.next, start)
-        while self.next < len(self.emails) and len(self.futures) < self.AHEAD:
-            email = self.emails[self.next]
-            self.futures[email.email_id] = self.pool.submit(compose_message, email)
-            self.next += 1
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _CommitHook:
