@@ -46,6 +46,8 @@ class ClusterWorld:
     lease_ms: int = 10_000
     instances: list[Instance] = field(default_factory=list)
     sent_subjects: list[str] = field(default_factory=list)
+    #: ``<Deployment Name="test">`` of another CRM (the Dataverse simulator); default: FileCrm.
+    deployment_xml: str | None = None
 
     def __post_init__(self) -> None:
         self.config_path = self.workdir / "router.xml"
@@ -74,6 +76,7 @@ class ClusterWorld:
         self.dovecot.append_many(inst.user, raws)
 
     def add_outgoing(self, port: int, pending: int) -> Instance:
+        """An SMTP instance for OWNER, with ``pending`` emails waiting in the file CRM."""
         inst = Instance(f"out{len(self.instances)}", outgoing_port=port)
         self.instances.append(inst)
         for n in range(pending):
@@ -101,15 +104,18 @@ class ClusterWorld:
     <LogLevel>INFO</LogLevel>
     <StateStore>{self.state_url}</StateStore>
   </SystemConfiguration>
-  <Deployment Name="test">
-    <Adapter>tests.support.filecrm:FileCrm</Adapter>
-    <CrmServerUrl>{self.crm.url}</CrmServerUrl>
-  </Deployment>{blocks}
+  {self.deployment_xml or self._file_crm_xml()}{blocks}
 </Configuration>
 """
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.config_path)  # atomic, as a config-management tool would do
+
+    def _file_crm_xml(self) -> str:
+        return f"""<Deployment Name="test">
+    <Adapter>tests.support.filecrm:FileCrm</Adapter>
+    <CrmServerUrl>{self.crm.url}</CrmServerUrl>
+  </Deployment>"""
 
     def _block(self, inst: Instance) -> str:
         if inst.outgoing_port is not None:
