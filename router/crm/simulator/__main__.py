@@ -29,13 +29,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from router.crm.simulator.app import Simulator, create_app
 from router.crm.simulator.faults import Faults, FaultState
 from router.crm.simulator.storage import Store
-from router.crm.simulator.tls import server_context
+from router.crm.simulator.tls import server_certificate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="networks allowed to use /_admin/ (default loopback only; e.g. add 172.16.0.0/12 "
         "to watch the page through a Docker port)",
     )
+    add("--threads", type=int, default=100, help="worker threads (requests served at once)")
     add("--exit-with-parent", action="store_true", help="stop when the starting process dies")
     add("--verbose", action="store_true", help="log every HTTP request")
 
@@ -84,7 +87,7 @@ def faults_from(args: argparse.Namespace) -> Faults:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server and serve until SIGTERM/SIGINT; prints where everything is."""
-    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("cheroot").setLevel(logging.INFO if args.verbose else logging.WARNING)
     sim = Simulator(Store(args.db), FaultState(faults_from(args)), args.tenant,
                     args.client_id, args.client_secret)  # fmt: skip
     sim.admin_networks = tuple(
@@ -92,39 +95,55 @@ def run(args: argparse.Namespace) -> int:
         for n in args.admin_allow.split(",")
         if n.strip()
     )
-    ctx = server_context(None if args.cert else args.ca_out, args.cert, args.key)
-    server = make_server(args.host, args.port, create_app(sim), threaded=True, ssl_context=ctx)
-    base = f"https://{_url_host(args.host)}:{server.server_port}"
-    print(f"crm-sim listening on {base}", flush=True)
-    print(f"  CrmServerUrl {base} (organisation 'default'), or {base}/org/<name>", flush=True)
-    print(f"  Authority    {base}/{args.tenant}", flush=True)
-    if not args.cert:
-        print(f"  CaBundle     {args.ca_out.resolve()}", flush=True)
-    print(f"  admin page   {base}/_admin/", flush=True)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    if args.exit_with_parent:
-        _watch_parent(server)
+    cert, key = server_certificate(None if args.cert else args.ca_out, args.cert, args.key)
+    server = make_server(args.host, args.port, create_app(sim), cert, key, args.threads)
     try:
-        server.serve_forever()
+        server.prepare()  # binds the port (a free one for --port 0)
+        _announce(args, int(server.bind_addr[1]))
+        signal.signal(signal.SIGTERM, _interrupt)
+        if args.exit_with_parent:
+            _watch_parent()
+        server.serve()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.stop()
+        if not args.cert:
+            Path(cert).unlink(missing_ok=True)
     return 0
 
 
-def _watch_parent(server: BaseWSGIServer) -> None:
-    """Shut down when our parent dies (a killed test run must not leave servers behind)."""
+def make_server(host: str, port: int, app: Any, cert: str, key: str, threads: int) -> wsgi.Server:
+    """A cheroot WSGI server over TLS: HTTP/1.1 keep-alive, as Dataverse (werkzeug's server
+    closes every connection, which would leave the adapter's connection pool untested)."""
+    server = wsgi.Server((host, port), app, numthreads=threads, server_name="crm-sim", timeout=60)
+    server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+    return server
+
+
+def _announce(args: argparse.Namespace, port: int) -> None:
+    base = f"https://{_url_host(args.host)}:{port}"
+    lines = [f"crm-sim listening on {base}",
+             f"  CrmServerUrl {base} (organisation 'default'), or {base}/org/<name>",
+             f"  Authority    {base}/{args.tenant}"]  # fmt: skip
+    if not args.cert:
+        lines.append(f"  CaBundle     {args.ca_out.resolve()}")
+    lines.append(f"  admin page   {base}/_admin/")
+    print("\n".join(lines), flush=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch_parent() -> None:
+    """Stop when our parent dies (a killed test run must not leave servers behind)."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        server.shutdown()
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
