@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -135,3 +136,15 @@ def test_dots_at_line_starts_survive_the_trip(smtp_server: Any) -> None:
     _send(SmtpProvider(outgoing_cfg(sink.port)), email)
     html = sink.messages[0].message().get_body(("html",)).get_content()
     assert "\n.\n..leading\n." in html.replace("\r\n", "\n")
+
+
+def test_connection_closed_by_the_server_while_idle_is_reopened(smtp_server: Any) -> None:
+    sink = smtp_server(idle_timeout=0.3)  # aiosmtpd answers 421 and hangs up when idle
+    provider = SmtpProvider(outgoing_cfg(sink.port))
+    composed = compose_message(EMAIL)
+    with provider:
+        provider.submit(EMAIL, composed.raw, "bounce@example.com")
+        time.sleep(0.8)
+        provider.submit(EMAIL, composed.raw, "bounce@example.com")
+    assert len(sink.messages) == 2
+    assert len({m.peer for m in sink.messages}) == 2  # a second connection

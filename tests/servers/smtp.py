@@ -159,11 +159,16 @@ class SmtpSink:
         certs: Certs | None = None,
         users: dict[str, str] | None = None,
         port: int | None = None,
+        idle_timeout: float = 300,
     ) -> None:
         from aiosmtpd.controller import Controller
 
         self.handler, self.security, self.port = handler, security, port or free_port()
-        kwargs: dict[str, Any] = {"enable_SMTPUTF8": True, "auth_require_tls": False}
+        kwargs: dict[str, Any] = {
+            "enable_SMTPUTF8": True,
+            "auth_require_tls": False,
+            "timeout": idle_timeout,
+        }
         if users is not None or handler.tokens:
             kwargs.update(authenticator=_authenticator(users or {}), auth_required=True)
         if security == "starttls":
@@ -260,10 +265,14 @@ def smtp_server(smtp_certs: Certs) -> Iterator[Callable[..., SmtpSink]]:
     started: list[SmtpSink] = []
 
     def start(
-        security: str = "none", users: dict[str, str] | None = None, **handler_args: Any
+        security: str = "none",
+        users: dict[str, str] | None = None,
+        idle_timeout: float = 300,
+        **handler_args: Any,
     ) -> SmtpSink:
+        handler = SinkHandler(**handler_args)
         sink = SmtpSink(
-            SinkHandler(**handler_args), security=security, certs=smtp_certs, users=users
+            handler, security=security, certs=smtp_certs, users=users, idle_timeout=idle_timeout
         )
         started.append(sink.start())
         return sink
