@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -148,3 +149,14 @@ def test_connection_closed_by_the_server_while_idle_is_reopened(smtp_server: Any
         provider.submit(EMAIL, composed.raw, "bounce@example.com")
     assert len(sink.messages) == 2
     assert len({m.peer for m in sink.messages}) == 2  # a second connection
+
+
+def test_a_server_that_never_answers_times_out_as_retryable() -> None:
+    with socket.socket() as silent:  # accepts connections (backlog) but never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        cfg = outgoing_cfg(silent.getsockname()[1], params={"timeout": "0.5"})
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            _send(SmtpProvider(cfg))
+        assert time.monotonic() - started < 5
