@@ -120,6 +120,15 @@ class Router:
             self.proc.wait(timeout=30)
 
 
+def diagnose(router: Router, sim: SimulatorServer) -> str:
+    """The router's log tail and the simulator's last requests, for a failed wait."""
+    requests = [
+        f"{r.get('id')} {r.get('method')} {r.get('path')} -> {r.get('status')}"
+        for r in sim.request_log()[-15:]
+    ]
+    return router.log.read_text()[-3000:] + "\nlast CRM requests:\n" + "\n".join(requests)
+
+
 def incoming_subjects(sim: SimulatorServer) -> Counter[str]:
     return Counter(e["subject"] for e in sim.emails() if not e.get("directioncode"))
 
@@ -167,7 +176,7 @@ def test_sigkill_and_restart_lose_and_duplicate_nothing(
                 and sent_status(simulator).count(3) == OUTBOUND_COUNT
             )
 
-        assert wait_for(finished, 120, 0.25), router.log.read_text()[-3000:]
+        assert wait_for(finished, 120, 0.25), diagnose(router, simulator)
         time.sleep(1.0)  # a few more cycles: anything doubled would show now
         assert router.signal(signal.SIGTERM) == 0
     finally:
