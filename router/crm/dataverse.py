@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -134,6 +136,7 @@ class DataverseAdapter(CrmAdapter):
         timeout = (self.options.connect_timeout, self.options.read_timeout)
         self.api = WebApi(base_url, self.tokens, session, timeout, self.options.retry, sleep)
         self._sleep = sleep
+        self._recent = RecentDeliveries()
 
     def __repr__(self) -> str:
         return f"DataverseAdapter({self.server_url!r}, client_id={self.tokens.client_id!r})"
@@ -243,12 +246,19 @@ class DataverseAdapter(CrmAdapter):
         Without a CheckIncomingEmail per message (that would double the requests), a Message-ID
         Dataverse already holds is answered with the existing activity's id by the duplicate
         detection of DeliverIncomingEmail, so ``duplicate`` stays False in those results.
+
+        When one batch fails for good the call raises and the caller retries every item; the
+        items this adapter already delivered are then answered from memory (``duplicate``
+        True) instead of being sent again.
         """
         results: list[DeliveryResult | CrmError | None] = [None] * len(items)
         batched, singles = [], []
         for i, (activity, _) in enumerate(items):
+            known = self._recent.get(activity.message_id)
             if not activity.message_id:
                 results[i] = CrmRejected("activity has no Message-ID")
+            elif known is not None:
+                results[i] = DeliveryResult(known, duplicate=True)
             elif self._separate(activity):
                 singles.append(i)
             else:
@@ -256,7 +266,9 @@ class DataverseAdapter(CrmAdapter):
         size = self.options.batch_size
         chunks = [batched[k : k + size] for k in range(0, len(batched), size)]
         self._run_parallel(items, chunks, singles, results)
-        return [r if r is not None else CrmUnavailable("not delivered") for r in results]
+        if any(r is None for r in results):  # cannot happen: every job fills its items or raises
+            raise CrmUnavailable("deliver_many: some activities got no result")
+        return [r for r in results if r is not None]
 
     def _run_parallel(
         self,
@@ -282,6 +294,8 @@ class DataverseAdapter(CrmAdapter):
                 continue
             for index, result in zip(indexes, future.result(), strict=True):
                 results[index] = result
+                if isinstance(result, DeliveryResult) and result.activity_id:
+                    self._recent.remember(items[index][0].message_id, result.activity_id)
         if first_error is not None:
             raise first_error
 
@@ -467,6 +481,26 @@ class DataverseAdapter(CrmAdapter):
 
     def close(self) -> None:
         self.api.session.close()
+
+
+class RecentDeliveries:
+    """Message-ID -> activity id of the last deliveries of this process (bounded, thread-safe)."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, message_id: str) -> str | None:
+        with self._lock:
+            return self._items.get(message_id)
+
+    def remember(self, message_id: str, activity_id: str) -> None:
+        with self._lock:
+            self._items[message_id] = activity_id
+            self._items.move_to_end(message_id)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
 
 def _require_message_id(activity: Activity) -> None:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from router.crm.base import DeliveryTarget, Owners
-from router.crm.dataverse import DataverseAdapter
+from router.crm.dataverse import DataverseAdapter, DataverseOptions
 from router.crm.dataverse_auth import TokenSource
 from router.crm.dataverse_batch import Part, build_batch, parse_batch
 from router.crm.dataverse_http import MaybeSent, RetryPolicy, WebApi, retry_after_seconds
@@ -232,3 +232,34 @@ def test_a_batch_that_may_have_been_applied_falls_back_to_checked_single_deliver
     results = adapter.deliver_many([(a, DeliveryTarget()) for a in acts])
     assert singles == [a.message_id for a in acts]
     assert all(isinstance(r, DeliveryResult) and r.duplicate for r in results)
+
+
+def test_after_a_failed_batch_the_retry_sends_only_what_was_not_delivered() -> None:
+    adapter = DataverseAdapter(
+        "https://org.example", "https://login.example/t", "c", lambda: "s",
+        options=DataverseOptions(batch_size=2, max_workers=1),
+    )  # fmt: skip
+    sent: list[list[str]] = []
+    failing = {"<m3@x>"}
+
+    def chunk(items: list[tuple[Activity, DeliveryTarget]]) -> list[Any]:
+        ids = [a.message_id for a, _ in items]
+        sent.append(ids)
+        if failing & set(ids):
+            raise CrmUnavailable("503 for good")
+        return [DeliveryResult(f"id-{m}") for m in ids]
+
+    adapter._deliver_chunk = chunk  # type: ignore[method-assign]
+    items = [(Activity(f"<m{i}@x>", "s", "", None), DeliveryTarget()) for i in range(4)]
+    with pytest.raises(CrmUnavailable):
+        adapter.deliver_many(items)
+    failing.clear()
+    results = adapter.deliver_many(items)
+
+    assert sent[-1] == ["<m2@x>", "<m3@x>"] and len(sent) == 3
+    assert [r.duplicate for r in results if isinstance(r, DeliveryResult)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
