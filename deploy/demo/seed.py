@@ -9,7 +9,7 @@ Used by ``docker compose`` (the ``certs`` and ``seed`` services) and by ``make d
 
 Demo mailboxes: ``sales@demo.example`` (read over IMAP) and ``support@demo.example`` (POP3).
 Pending outbound emails belong to :data:`OWNER_ID`, the user the outgoing instance serves.
-The simulator's ``/_admin`` API answers loopback callers only.
+The simulator's ``/_admin`` API answers loopback callers unless started with ``--admin-allow``.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def append_imap(host: str, port: int, user: str, password: str, raws: Sequence[b
 
 
 def admin(crm_url: str, ca: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    """Call the simulator's loopback-only ``/_admin`` API (GET, or POST with ``payload``)."""
+    """Call the simulator's ``/_admin`` API (GET, or POST with ``payload``)."""
     import requests
 
     url = f"{crm_url.rstrip('/')}/_admin/{path}"

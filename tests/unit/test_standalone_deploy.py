@@ -83,13 +83,12 @@ def test_compose_publishes_ports_on_loopback_only(compose: dict[str, Any]) -> No
     assert all(str(p).startswith("127.0.0.1:") for p in published)
 
 
-def test_compose_demo_seed_reaches_the_simulator_admin_api_over_loopback(
-    compose: dict[str, Any],
-) -> None:
-    seed = compose["services"]["seed"]
-    assert seed["network_mode"] == "service:crm-sim"
+def test_compose_demo_seed_reaches_the_simulator_admin_api(compose: dict[str, Any]) -> None:
+    seed, sim = compose["services"]["seed"], compose["services"]["crm-sim"]
     assert seed["restart"] == "no"
-    assert "https://127.0.0.1:8080" in seed["command"]
+    assert "https://crm-sim:8080" in seed["command"]
+    allowed = sim["command"][sim["command"].index("--admin-allow") + 1]
+    assert "172.16.0.0/12" in allowed.split(",")  # compose networks (and the published port)
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
