@@ -214,3 +214,13 @@ def test_the_make_demo_template_is_a_valid_configuration_once_filled(
     ))  # fmt: skip
     config = load_config(path)
     assert config.system.state_store.startswith("sqlite:///")
+
+
+def test_compose_runs_the_simulator_through_the_email_router_command(
+    compose: dict[str, Any],
+) -> None:
+    from router.cli import build_parser
+
+    command = compose["services"]["crm-sim"]["command"]
+    assert command[:2] == ["email-router", "crm-sim"]
+    build_parser().parse_args(command[1:])  # every option exists (exits 2 otherwise)
