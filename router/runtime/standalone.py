@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import logging
 import os
 import signal
@@ -84,9 +83,9 @@ def run_cycle(ctx: Context, cfg: ProviderConfiguration) -> object:
         from router.incoming import poll_instance
 
         return poll_instance(ctx, cfg.name, deliver=True)
-    # router.outgoing is imported by name so this module loads before it exists in a checkout
-    outgoing = importlib.import_module("router.outgoing")
-    return outgoing.send_cycle(ctx, cfg.name)
+    from router.outgoing import send_cycle
+
+    return send_cycle(ctx, cfg.name)
 
 
 def execute(ctx: Context, cfg: ProviderConfiguration) -> RunResult:
