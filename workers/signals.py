@@ -7,8 +7,8 @@
 * ``worker_process_shutdown`` - close the child's context (state store, CRM sessions).
 * ``worker_ready`` - serve Prometheus ``/metrics`` when ``ROUTER_METRICS_PORT`` is set (with
   ``PROMETHEUS_MULTIPROC_DIR`` set, the merged registry of all pool processes).
-* :func:`observe_cycle` / :func:`observe_error` - what tasks call after a cycle; they feed
-  ``router.metrics`` and then any callable registered in :data:`CYCLE_HOOKS`.
+* :func:`observe_cycle` / :func:`observe_error` / :func:`observe_lag` - what tasks call after a
+  cycle; they feed ``router.metrics`` and then any callable registered in :data:`CYCLE_HOOKS`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from celery.signals import (
 
 from router import metrics
 from router.config import Settings
+from router.state.base import StateStore
 from workers.context import HOLDER, system_of
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,15 @@ def _serve_metrics(**_: Any) -> None:
 def observe_cycle(task: str, report: object) -> None:
     """Count a finished cycle (never fails the task: metrics are best effort)."""
     _notify(lambda: metrics.record_cycle(report), task, report)
+
+
+def observe_lag(store: StateStore, instance: str) -> None:
+    """Update the instance's lag gauge (age of its oldest staged message)."""
+
+    def record() -> None:
+        metrics.update_lag(store, instance)
+
+    _notify(record, "lag", instance)
 
 
 def observe_error(task: str, instance: str, exc: BaseException) -> None:

@@ -33,7 +33,7 @@ from router.models import Direction, LedgerState
 from router.service import Context
 from workers.app import MAX_RETRIES, RETRY_BACKOFF_MAX, app
 from workers.context import HOLDER
-from workers.signals import observe_cycle, observe_error
+from workers.signals import observe_cycle, observe_error, observe_lag
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def _poll(ctx: Context, name: str) -> Summary:
 
     report = poll_instance(ctx, name, deliver=False)
     observe_cycle("poll", report)
+    observe_lag(ctx.store, name)
     if report.skipped is None and (report.staged or _has_staged(ctx, name)):
         period = ctx.instance(name).polling_seconds
         expires = max(60.0, DELIVER_EXPIRY_PERIODS * period)
@@ -199,6 +200,7 @@ def _deliver(ctx: Context, name: str, keys: list[str] | None) -> Summary:
 
     report = deliver_staged(ctx, name, keys)
     observe_cycle("deliver", report)
+    observe_lag(ctx.store, name)
     return summary(report)
 
 

@@ -428,3 +428,15 @@ def test_housekeeping_requeues_delivery_of_staged_leftovers_and_purges_old_entri
         assert ctx.store.get_entry("box", "old") is None
     assert result == {"requeued": ["box"], "purged": 1}
     assert world.enqueued[0][0] == ("box",)
+
+
+def test_poll_and_deliver_update_the_metrics_of_their_instance(world: World) -> None:
+    from router import metrics
+
+    world.box.append(message(1))
+    tasks.poll("box")
+    assert metrics.LAG.labels("box")._value.get() >= 0.0  # the oldest staged message's age
+    before = metrics.DELIVERED.labels("box")._value.get()
+    tasks.deliver("box")
+    assert metrics.DELIVERED.labels("box")._value.get() == before + 1
+    assert metrics.LAG.labels("box")._value.get() == 0.0
