@@ -11,9 +11,11 @@ round over every mailbox, best of ``--rounds`` (the first router round also deli
 * ``bare imapclient`` - the baseline: login, EXAMINE INBOX, logout per mailbox, sequentially;
 * ``router poll loop`` - :func:`router.incoming.poll_instance` (``deliver=False``, Redis state,
   what a Celery worker runs per task) for every instance in turn, in this process;
-* ``celery worker -c 1`` - one real worker process: a ``poll`` task per instance is published
-  and the round ends when every instance has recorded its poll (deliveries go to the memory
-  CRM through the ``crm`` queue, served by the same worker).
+* ``celery worker -P prefork -c 1`` - one real worker process: a ``poll`` task per instance is
+  published and the round ends when every instance has recorded its poll (deliveries go to the
+  memory CRM through the ``crm`` queue, served by the same worker);
+* ``celery worker -P threads -c 8`` - still one process, polls overlapped on threads (polls
+  mostly wait for the IMAP server, so threads, not processes, are what make one worker fast).
 
 Columns: round seconds, polls per second, per-poll cost in ms and its ratio to the bare loop,
 CPU seconds and peak RSS of the polling process.
@@ -79,8 +81,11 @@ def celery_round(procs: dict[str, Any], names: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def celery_worker(workdir: Path, config: Path, redis_url: str, prefix: str) -> Any:
-    """One ``celery worker -c 1`` on queues incoming + crm; yields what celery_round needs."""
+def celery_worker(
+    workdir: Path, config: Path, redis_url: str, prefix: str, pool: str = "prefork", size: int = 1
+) -> Any:
+    """One ``celery worker -P pool -c size`` on queues incoming + crm (one process for
+    ``threads``); yields what celery_round needs."""
     broker = redis_url.rsplit("/", 1)[0] + "/1"
     env = common.env_with_password(
         {
@@ -99,17 +104,17 @@ def celery_worker(workdir: Path, config: Path, redis_url: str, prefix: str) -> A
         "-Q",
         "incoming,crm",
         "-c",
-        "1",
+        str(size),
         "--pool",
-        "prefork",
+        pool,
         "--loglevel",
         "WARNING",
         "-n",
-        "many@%h",
+        f"many-{pool}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
-    log = (workdir / "worker.log").open("wb")
+    log = (workdir / f"worker-{pool}.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=str(workdir))
     from celery import Celery
 
@@ -169,6 +174,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--with-mail-every", type=int, default=50)
     p.add_argument("--celery", action=argparse_bool(), default=True)
+    p.add_argument("--threads", type=int, default=8, help="threads of the one-process worker")
     args = p.parse_args()
     os.environ.setdefault(common.PASSWORD_VAR, PASSWORD)
     rows = []
@@ -215,18 +221,19 @@ def main() -> int:
                 args.profile,
             )
         )
-        if args.celery:
-            procs = stack.enter_context(celery_worker(workdir, config, redis_url, "cel"))
-            rows.append(
-                measure(
-                    "celery worker -c 1",
-                    lambda: celery_round(procs, names),
-                    args.rounds,
-                    procs["pid"],
-                    len(users),
-                    args.profile,
+        for pool, size in (("prefork", 1), ("threads", args.threads)) if args.celery else ():
+            with celery_worker(workdir, config, redis_url, f"cel{pool}", pool, size) as procs:
+                label = f"celery worker -P {pool} -c {size}"
+                rows.append(
+                    measure(
+                        label,
+                        lambda procs=procs: celery_round(procs, names),
+                        args.rounds,
+                        procs["pid"],
+                        len(users),
+                        args.profile,
+                    )
                 )
-            )
     base = rows[0]["ms/poll"]
     for row in rows:
         row["vs bare"] = row["ms/poll"] / base
