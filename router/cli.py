@@ -86,8 +86,11 @@ def _add_poll(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", help="ProviderConfiguration Name of an incoming instance")
     _add_config_arg(p)
     p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
-    p.add_argument("--no-deliver", action="store_true",
-                   help="only stage messages; leave CRM delivery to a worker")
+    p.add_argument(
+        "--no-deliver",
+        action="store_true",
+        help="only stage messages; leave CRM delivery to a worker",
+    )
     p.set_defaults(func=cmd_poll)
 
 
