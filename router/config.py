@@ -72,9 +72,7 @@ class SystemConfiguration(BaseXmlModel, tag="SystemConfiguration", frozen=True):
     log_level: str = element(tag="LogLevel", default="INFO")
     state_store: str = element(tag="StateStore", default="sqlite:///email-router-state.db")
     #: How long finished ledger entries (delivered, sent, failed, skipped) are kept, in ms.
-    ledger_retention: int = element(
-        tag="LedgerRetention", default=30 * 24 * 3600 * 1000, ge=60_000
-    )
+    ledger_retention: int = element(tag="LedgerRetention", default=30 * 24 * 3600 * 1000, ge=60_000)
 
     @field_validator("log_level")
     @classmethod
