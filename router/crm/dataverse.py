@@ -70,6 +70,7 @@ log = logging.getLogger("router.crm.dataverse")
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 DELIVER = "emails/Microsoft.Dynamics.CRM.DeliverIncomingEmail"
+MAX_URL = 2048  # longer CheckIncomingEmail URLs go through $batch (servers cap URL lengths)
 REASONS = {
     -1: "Unknown",
     0: "Duplicate",
@@ -182,9 +183,13 @@ class DataverseAdapter(CrmAdapter):
         return bool(self._check(activity)["ShouldDeliver"])
 
     def _check(self, activity: Activity) -> dict[str, Any]:
-        answer: dict[str, Any] = self.api.call(
-            "GET", check_incoming_path(activity), "CheckIncomingEmail"
-        ).json()
+        path = check_incoming_path(activity)
+        if len(path) > MAX_URL:  # many recipients: a GET inside $batch has no URL limit
+            (part,) = self._batch([Part("GET", path)], "CheckIncomingEmail in $batch")
+            if part.status >= 300:
+                raise part_error(part, "CheckIncomingEmail")
+            return dict(part.body)
+        answer: dict[str, Any] = self.api.call("GET", path, "CheckIncomingEmail").json()
         return answer
 
     def deliver(self, activity: Activity, target: DeliveryTarget) -> DeliveryResult:
@@ -419,12 +424,7 @@ class DataverseAdapter(CrmAdapter):
             found.pop(email_id, None)
             return
         if part.status >= 300:
-            if part.status == 429 or part.status in RETRYABLE_STATUS:
-                raise CrmUnavailable(
-                    f"read {kind}: HTTP {part.status}",
-                    retry_after=retry_after_seconds(part.headers.get("retry-after")),
-                )
-            raise status_error(part.status, f"read {kind}: HTTP {part.status} {part.error_text()}")
+            raise part_error(part, f"read {kind}")
         parties, attachments = found.setdefault(email_id, ([], []))
         (parties if kind == "parties" else attachments).extend(part.body.get("value", []))
 
@@ -501,6 +501,16 @@ class RecentDeliveries:
             self._items.move_to_end(message_id)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+
+def part_error(part: PartResult, what: str) -> CrmError:
+    """The router error for a failed ``$batch`` part (throttled/unavailable parts are retryable)."""
+    message = f"{what}: HTTP {part.status} {part.error_text()}"
+    if part.status == 429 or part.status in RETRYABLE_STATUS:
+        return CrmUnavailable(
+            message, retry_after=retry_after_seconds(part.headers.get("retry-after"))
+        )
+    return status_error(part.status, message)
 
 
 def _require_message_id(activity: Activity) -> None:

@@ -223,3 +223,20 @@ def test_who_am_i_returns_the_application_user(
     (call,) = web_api(simulator.request_log())
     assert call["path"].endswith("/WhoAmI") and call["headers"] == ODATA
     assert len(user_id) == 36
+
+
+def test_a_long_recipient_list_is_checked_inside_a_batch(
+    simulator: SimulatorServer, adapter: DataverseAdapter
+) -> None:
+    crowd = tuple(Address(f"person{i}@example.org") for i in range(150))
+    act = Activity(
+        "<crowd@example.net>", "Hello all", "<p>x</p>", Address("c@example.net"), to=crowd
+    )
+
+    assert adapter.deliver(act, TARGET).activity_id
+    assert adapter.deliver(act, TARGET).duplicate
+
+    log = web_api(simulator.request_log())
+    checks = [r for r in log if "CheckIncomingEmail(" in r["path"]]
+    assert checks and all(r["parent"] is not None and r["method"] == "GET" for r in checks)
+    assert len(simulator.emails()[0]["parties"]) == 151
