@@ -447,11 +447,9 @@ class DataverseAdapter(CrmAdapter):
             raise
 
     def mark_failed(self, email_id: str, reason: str) -> None:
-        status = self._status(email_id)
-        if status == FAILED:
+        """Set Failed (8) and add a note with ``reason``; also for a Sent email that bounced."""
+        if self._status(email_id) == FAILED:
             return
-        if status == SENT:
-            raise CrmRejected(f"email {email_id} is already Sent; not marking it Failed")
         path = f"emails({_guid(email_id)})"
         self.api.call("PATCH", path, "mark Failed", json={"statecode": 0, "statuscode": FAILED})
         if self.options.failure_note:

@@ -136,6 +136,12 @@ class CrmContract:
         assert self.status_of(crm, email_id) == "failed"
         assert crm.list_pending(Owners(user_ids=(self.user,)), limit=10) == []
 
+    def test_a_sent_email_that_bounces_can_be_marked_failed(self, crm: CrmAdapter) -> None:
+        (email_id,) = self.add_pending(crm, self.user)
+        crm.mark_sent(email_id, "<sent-2@example.com>", None)
+        crm.mark_failed(email_id, "bounced: 550 5.1.1 user unknown")
+        assert self.status_of(crm, email_id) == "failed"
+
     def test_recorded_attempts_come_back_with_the_email(self, crm: CrmAdapter) -> None:
         (email_id,) = self.add_pending(crm, self.user)
         crm.record_attempt(email_id, 3)

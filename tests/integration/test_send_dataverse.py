@@ -72,11 +72,6 @@ def test_550_marks_the_dataverse_email_failed(simulator: Any, smtp_server: Any) 
     assert email["statuscode"] == FAILED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DataverseAdapter.mark_failed refuses emails already Sent (CrmRejected), "
-    "so a bounce cannot mark a sent Dataverse email Failed yet",
-)
 def test_bounce_marks_a_sent_dataverse_email_failed(simulator: Any, smtp_server: Any) -> None:
     sink = smtp_server()
     simulator.seed_pending(1, owner_id=OWNER_ID, to=["gone@example.net"])

@@ -308,7 +308,8 @@ def update_email(store: Store, call: Call, match: re.Match[str]) -> Answer:
     body = _body(call)
     check_entity("email", body)
     row = _email(store, call, match.group(1))
-    if row["statuscode"] in CLOSED:
+    state_change_only = set(body) <= {"statecode", "statuscode"}
+    if row["statuscode"] in CLOSED and not state_change_only:  # reopening/closing is allowed
         raise bad_request(
             "This email is closed (sent or received) and cannot be updated.", CODE_CLOSED
         )
