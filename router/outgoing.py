@@ -147,9 +147,11 @@ class _Batch:
     def run(self) -> None:
         pending = self.crm.list_pending(owners(self.cfg), self.cfg.max_message_count)
         self.report.pending = len(pending)
+        self.prepared = _Prepared()
         try:
-            for email in pending:
+            for i, email in enumerate(pending):
                 self._keep_lease()
+                self.prepared.upcoming = pending[i + 1] if i + 1 < len(pending) else None
                 self.report.note(self._one(email))
         except _StopBatch as exc:
             self.report.error = str(exc)
@@ -242,7 +244,7 @@ class _Batch:
     # -- sending --------------------------------------------------------------------------------
     def _send(self, email: OutboundEmail, entry: LedgerEntry, token: str) -> EmailOutcome:
         try:
-            composed = compose_message(email)
+            composed = self.prepared.take(email)
         except (ValueError, TypeError, UnicodeError) as exc:  # bad data in the CRM record
             return self._fail(email, entry, f"cannot compose the message: {exc}")
         rcpts = list(entry.extra.get("rcpts") or composed.recipients)
@@ -271,7 +273,8 @@ class _Batch:
         sender = _envelope_from(self.provider, email, self.cfg)
         if "commit-hook" in self.provider.capabilities:
             submit = getattr(self.provider, "submit")  # noqa: B009 - the extended signature
-            result: SubmitResult = submit(email, composed.raw, sender, hook, rcpts)
+            waiting = self.prepared.prepare_upcoming
+            result: SubmitResult = submit(email, composed.raw, sender, hook, rcpts, waiting)
             return result
         result = self.provider.submit(email, composed.raw, sender)
         if result.accepted:
@@ -396,6 +399,36 @@ class _Batch:
         self.store.transition(
             OUTBOUND, key, [LedgerState.CLAIMED], LedgerState.RETRY, extra={"next_at": 0.0}
         )
+
+
+class _Prepared:
+    """Composes the next email while the server is busy storing the current one.
+
+    The wait for the reply to the final dot is the longest of the SMTP exchange; composing the
+    next message there (in this thread) overlaps the two. A message composed for an email
+    that turns out not to need sending is simply dropped.
+    """
+
+    def __init__(self) -> None:
+        self.upcoming: OutboundEmail | None = None
+        self.ready: tuple[str, Composed | Exception] | None = None
+
+    def prepare_upcoming(self) -> None:
+        email = self.upcoming
+        if email is None or (self.ready is not None and self.ready[0] == email.email_id):
+            return
+        try:
+            self.ready = (email.email_id, compose_message(email))
+        except Exception as exc:  # reported when that email is taken, like an inline failure
+            self.ready = (email.email_id, exc)
+
+    def take(self, email: OutboundEmail) -> Composed:
+        ready, self.ready = self.ready, None
+        if ready is None or ready[0] != email.email_id:
+            return compose_message(email)
+        if isinstance(ready[1], Exception):
+            raise ready[1]
+        return ready[1]
 
 
 class _CommitHook:

@@ -39,6 +39,7 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -68,6 +69,14 @@ class SmtpOptions(TlsOptions):
     auth_mechanism: Literal["auto", "PLAIN", "LOGIN"] = "auto"
     retry_backoff: float = Field(default=60.0, ge=0)
     retry_backoff_max: float = Field(default=3600.0, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    """The caller's callbacks around the final dot of one transaction."""
+
+    before_commit: CommitHook | None
+    while_waiting: Callable[[], None] | None
 
 
 class TemporaryFailure(smtplib.SMTPResponseException):
@@ -112,17 +121,21 @@ class SmtpProvider(OutgoingProvider):
         envelope_from: str,
         before_commit: CommitHook | None = None,
         recipients: Sequence[str] | None = None,
+        while_waiting: Callable[[], None] | None = None,
     ) -> SubmitResult:
         """Send ``message`` to ``recipients`` (default: every recipient of ``email``).
 
         ``before_commit(result)`` runs once the server accepted some recipients and the body was
         sent, right before the final dot; an exception from it aborts the transaction (see the
-        module docstring). Raises MessageRejected for a 5xx on the whole message or when every
-        recipient was refused for good, ProviderUnavailable when the connection failed.
+        module docstring). ``while_waiting()`` runs after the final dot, while the server
+        processes the message (the caller prepares its next message there; it must not raise).
+        Raises MessageRejected for a 5xx on the whole message or when every recipient was refused
+        for good, ProviderUnavailable when the connection failed.
         """
         rcpts = list(recipients) if recipients is not None else _recipients(email)
+        hooks = _Hooks(before_commit, while_waiting)
         with self.wrap(f"submit {email.email_id}"):
-            return self._guarded(email.email_id, message, envelope_from, rcpts, before_commit)
+            return self._guarded(email.email_id, message, envelope_from, rcpts, hooks)
 
     @property
     def envelope_from(self) -> str | None:
@@ -165,7 +178,8 @@ class SmtpProvider(OutgoingProvider):
                 client.close()
 
     def _submit(self, email: OutboundEmail, message: bytes, envelope_from: str) -> SubmitResult:
-        return self._guarded(email.email_id, message, envelope_from, _recipients(email), None)
+        hooks = _Hooks(None, None)
+        return self._guarded(email.email_id, message, envelope_from, _recipients(email), hooks)
 
     def _describe(self, operation: str, exc: BaseException) -> str:
         """Say what the server answered (``535 5.7.8 ...``), not a Python tuple of bytes."""
@@ -215,11 +229,11 @@ class SmtpProvider(OutgoingProvider):
         message: bytes,
         envelope_from: str,
         rcpts: list[str],
-        before_commit: CommitHook | None,
+        hooks: _Hooks,
     ) -> SubmitResult:
         """Run one transaction; a refusal keeps the connection, anything else drops it."""
         try:
-            return self._transaction(email_id, message, envelope_from, rcpts, before_commit)
+            return self._transaction(email_id, message, envelope_from, rcpts, hooks)
         except TemporaryFailure as exc:
             self._reset()
             reply = (exc.smtp_code, _text(exc.smtp_error))
@@ -237,7 +251,7 @@ class SmtpProvider(OutgoingProvider):
         message: bytes,
         envelope_from: str,
         rcpts: list[str],
-        before_commit: CommitHook | None,
+        hooks: _Hooks,
     ) -> SubmitResult:
         utf8 = _needs_utf8(envelope_from, rcpts)
         client = self._mail_from(envelope_from, utf8, len(message))
@@ -246,7 +260,7 @@ class SmtpProvider(OutgoingProvider):
             _quietly_rset(client)
             return self._all_refused(email_id, refused)
         result = SubmitResult(tuple(accepted), refused)
-        self._data(client, message, lambda: before_commit(result) if before_commit else None)
+        self._data(client, message, result, hooks)
         return result
 
     def _mail_from(self, sender: str, utf8: bool, size: int) -> smtplib.SMTP:
@@ -294,7 +308,7 @@ class SmtpProvider(OutgoingProvider):
         return accepted, refused
 
     def _data(
-        self, client: smtplib.SMTP, message: bytes, before_commit: Callable[[], None]
+        self, client: smtplib.SMTP, message: bytes, result: SubmitResult, hooks: _Hooks
     ) -> None:
         code, reply = client.docmd("DATA")
         if code != 354:
@@ -302,8 +316,11 @@ class SmtpProvider(OutgoingProvider):
             _check_reply(code, reply)
             raise smtplib.SMTPDataError(code, reply)
         client.send(_dot_stuffed(message))
-        before_commit()
+        if hooks.before_commit is not None:
+            hooks.before_commit(result)
         client.send(b".\r\n")
+        if hooks.while_waiting is not None:
+            hooks.while_waiting()
         code, reply = client.getreply()
         _check_reply(code, reply)
 
