@@ -196,21 +196,27 @@ def run_cli(args: list[str], timeout: float = 60.0) -> Run:
         )
 
 
-#: The killable poller: waits until no lease is held (a killed predecessor's lease expires after
-#: LEASE_MS), says "go", then polls until a poll lists nothing and nothing is left to deliver.
+#: The killable poller: gets a CRM token, waits until no lease is held (a killed predecessor's
+#: lease expires after LEASE_MS), says "go", then polls until a poll lists nothing and nothing
+#: is left to deliver, retrying after a retryable error as the runtimes do.
 DRIVER = """\
 import sys, time
+from router.errors import RetryableError
 from router.incoming import HANDLED, poll_instance
 from router.models import LedgerState
 from router.service import open_context
 
 ctx = open_context(sys.argv[1], state_url=sys.argv[2])
 name = sys.argv[3]
+ctx.crm(ctx.instance(name)).who_am_i()  # token and connection ready, as in a running worker
 while ctx.store.get_lease(name) or ctx.store.get_lease(name + "#deliver"):
     time.sleep(0.02)
 print("go", flush=True)
 while True:
-    report = poll_instance(ctx, name)
+    try:
+        report = poll_instance(ctx, name)
+    except RetryableError:  # e.g. LeaseLost on a slow machine: the runtime would just retry
+        continue
     if report.skipped:
         time.sleep(0.02)
         continue
@@ -228,7 +234,7 @@ class KilledPoller:
         self.box = box
         self.kills = 0
 
-    def run_once(self, delay: float, timeout: float = 20.0) -> bool:
+    def run_once(self, delay: float, timeout: float = 60.0) -> bool:
         """Start the driver, SIGKILL it ``delay`` s after it started polling; False if it finished
         by itself first (the mailbox is drained)."""
         argv = [sys.executable, "-c", DRIVER, str(self.box.config), self.box.state, self.box.name]

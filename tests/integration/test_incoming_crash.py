@@ -38,10 +38,11 @@ MESSAGES = 300
 MIN_KILLS = 20
 #: Few messages per poll and a slow CRM (ms per request): each run gets through only a few
 #: polls before it is killed, so the kills fall all along the mailbox, in every step of a poll.
-PER_POLL = 5
-CRM_LATENCY_MS = 60
-#: Bound on the kill loop (the mailbox is normally drained after ~30 runs).
-MAX_RUNS = 80
+PER_POLL = 3
+CRM_LATENCY_MS = 40
+#: Kills at most; then one run drains what is left (~7 messages get through a run here, fewer
+#: on a loaded machine, so the mailbox is never drained before MIN_KILLS).
+MAX_KILLS = 30
 
 
 @dataclass
@@ -65,14 +66,18 @@ def check_nothing_left_before_delivery(box: Box, every: set[str], moved_to: str 
 
 
 def kill_repeatedly(box: Box, every: set[str], moved_to: str | None) -> Checkpoints:
+    """Kill runs at random points (at most MAX_KILLS), then let one run drain the mailbox."""
     poller, seen = KilledPoller(box), Checkpoints()
     rng = random.Random()
-    for _ in range(MAX_RUNS):
-        if not poller.run_once(rng.uniform(0.05, 0.6)):
-            break  # drained without being killed
-        check_nothing_left_before_delivery(box, every, moved_to)
-        seen.delivered.append(len(crm_ids(box.sim)))
+    drained = False
+    while not drained and poller.kills < MAX_KILLS:
+        drained = not poller.run_once(rng.uniform(0.05, 0.6))
+        if not drained:
+            check_nothing_left_before_delivery(box, every, moved_to)
+            seen.delivered.append(len(crm_ids(box.sim)))
     assert poller.kills >= MIN_KILLS, f"only {poller.kills} kills before the mailbox was drained"
+    if not drained:  # a slow machine: finish without kills
+        assert not poller.run_once(delay=90.0), "the last run did not drain the mailbox"
     return seen
 
 
