@@ -238,3 +238,20 @@ def test_send_command_prints_counts_and_outcomes(
     assert code == 0
     assert "out: pending 2, sent 1, failed 1, retried 0" in out
     assert "  id1: sent" in out and "  id2: failed (" in out
+
+
+def test_prepared_message_is_only_used_for_the_email_it_was_composed_for() -> None:
+    from router.outgoing import _Prepared
+
+    prepared = _Prepared()
+    prepared.upcoming = _email(2)
+    prepared.prepare_upcoming()
+    assert prepared.take(_email(1)).message_id != prepared_id(_email(2))  # not the prefetched
+    prepared.prepare_upcoming()
+    assert prepared.take(_email(2)).message_id == prepared_id(_email(2))
+
+
+def prepared_id(email: OutboundEmail) -> str:
+    from router.compose import compose_message
+
+    return compose_message(email).message_id
