@@ -160,3 +160,13 @@ def test_a_server_that_never_answers_times_out_as_retryable() -> None:
         with pytest.raises(ProviderUnavailable, match="timed out"):
             _send(SmtpProvider(cfg))
         assert time.monotonic() - started < 5
+
+
+def test_starttls_required_but_not_offered_stops_instead_of_sending_in_clear(
+    smtp_server: Any, smtp_certs: Any
+) -> None:
+    sink = smtp_server()  # plain server: no STARTTLS in its EHLO
+    cfg = outgoing_cfg(sink.port, security="starttls", params={"ca_bundle": str(smtp_certs.ca_pem)})
+    with pytest.raises(ProviderAuthError, match="STARTTLS"):
+        _send(SmtpProvider(cfg))
+    assert sink.messages == []
