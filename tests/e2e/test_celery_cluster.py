@@ -166,6 +166,9 @@ def test_a_second_beat_causes_no_concurrent_polls_and_no_duplicates(
     assert world.overlaps() == []
     assert_exactly_once(world, expected)
     assert min(world.sessions_of(i.name) for i in world.incoming()) > 3
+    # (the duplicate polls did collide: some found the mailbox's lease taken and stood aside)
+    worker_logs = "".join(p.log_text() for p in celery_procs.procs if p.name.startswith("w"))
+    assert "'skipped': 'lease held by" in worker_logs
 
 
 def test_redis_restart_mid_run_loses_and_duplicates_nothing(
