@@ -87,7 +87,7 @@ def test_status_moves_from_draft_to_pending_send_to_sent(simulator: SimulatorSer
 def test_concurrency_above_the_limit_is_answered_429_with_retry_after(
     simulator: SimulatorServer,
 ) -> None:
-    simulator.set_faults(max_concurrent=2, latency_ms=300, retry_after_min=2, retry_after_max=2)
+    simulator.set_faults(max_concurrent=2, latency_ms=800, retry_after_min=2, retry_after_max=2)
     token = simulator.token()
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda _: call(simulator, "GET", "WhoAmI", token), range(6)))
