@@ -266,3 +266,30 @@ def test_polls_scheduled_while_no_worker_runs_expire_instead_of_piling_up(
     # Then the backlog is dropped as expired: a poll or two run, not one per missed period
     assert world.sessions_of(inst.name) <= 3
     wait_until(lambda: world.activities() == 3, 60, "the mailbox", celery_procs)
+
+
+def test_refused_credentials_pause_the_instance_until_the_file_is_fixed(
+    world: ClusterWorld, celery_procs: CeleryProcs
+) -> None:
+    # Given an instance whose password is wrong, polled every 500 ms by two workers
+    world.poll_ms = 500
+    inst = world.add_mailboxes(1, 4)[0]
+    inst.password_var = "E2E_WRONG_PASSWORD"
+    celery_procs.env["E2E_WRONG_PASSWORD"] = "not-the-password"
+    world.write_config()
+    celery_procs.worker("w1")
+    celery_procs.worker("w2")
+    celery_procs.beat()
+    wait_until(lambda: world.last_error(inst.name) is not None, 60, "the error", celery_procs)
+    time.sleep(4.0)  # ~8 periods
+    # Then the error names the instance, is recorded, and the mailbox is not hammered
+    assert (world.last_error(inst.name) or "").startswith("stopped: ProviderAuthError")
+    logs = "".join(p.log_text() for p in celery_procs.procs)
+    attempts = logs.count(f"{inst.name}: stopped until the configuration or credentials")
+    assert 1 <= attempts <= 2, attempts  # at most one per worker that raced the first record
+    assert world.activities() == 0
+    # When the file is fixed
+    inst.password_var = "E2E_IMAP_PASSWORD"
+    world.write_config()
+    # Then the instance works again
+    wait_until(lambda: world.activities() == 4, 60, "the mailbox after the fix", celery_procs)

@@ -30,6 +30,7 @@ class Instance:
     user: str = ""
     enabled: bool = True
     outgoing_port: int | None = None
+    password_var: str = PASSWORD_VAR
 
 
 @dataclass
@@ -142,7 +143,7 @@ class ClusterWorld:
     <EmailPort>{self.dovecot.ports["imap"]}</EmailPort>
     <EmailSecurity>none</EmailSecurity>
     <EmailUser>{inst.user}</EmailUser>
-    <EmailPassword Env="{PASSWORD_VAR}"/>
+    <EmailPassword Env="{inst.password_var}"/>
     <EmailAddress>{inst.user}</EmailAddress>
     <PollingPeriod>{self.poll_ms}</PollingPeriod>
     <MaxMessageCount>100</MaxMessageCount>
@@ -159,6 +160,13 @@ class ClusterWorld:
         store = open_store(self.state_url, prefix=self.procs.env["ROUTER_KEY_PREFIX"])
         try:
             return store.count_entries(instance)
+        finally:
+            store.close()
+
+    def last_error(self, instance: str) -> str | None:
+        store = open_store(self.state_url, prefix=self.procs.env["ROUTER_KEY_PREFIX"])
+        try:
+            return store.get_stats(instance).last_error
         finally:
             store.close()
 
