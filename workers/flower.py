@@ -4,8 +4,9 @@ Run it as::
 
     ROUTER_FLOWER_BASIC_AUTH=admin:long-password python -m workers.flower --port=5555
 
-Without ``ROUTER_FLOWER_BASIC_AUTH`` (``user:password``, several separated by commas) it refuses
-to start (exit 2): Flower can revoke tasks and shut workers down. The credentials reach Flower
+Without ``ROUTER_FLOWER_BASIC_AUTH`` (``user:password``, several separated by commas; Flower's
+own ``FLOWER_BASIC_AUTH`` is accepted too) it refuses to start (exit 2): Flower can revoke tasks
+and shut workers down. The credentials reach Flower
 through its ``FLOWER_BASIC_AUTH`` environment variable, never the command line (visible in
 ``ps``). Other arguments are passed to ``celery -A workers flower`` unchanged.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from router.config import Settings
 
@@ -29,12 +30,17 @@ def credentials_ok(value: str | None) -> bool:
     return all(user and sep and password for user, sep, password in entries)
 
 
+def credentials(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """``ROUTER_FLOWER_BASIC_AUTH``, else Flower's own ``FLOWER_BASIC_AUTH`` (deploy/k8s)."""
+    return settings.flower_basic_auth or environ.get("FLOWER_BASIC_AUTH") or None
+
+
 def flower_command(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers", "flower", *argv]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    auth = Settings().flower_basic_auth
+    auth = credentials(Settings(), os.environ)
     if not credentials_ok(auth):
         print(
             "refusing to start Flower without credentials: "

@@ -24,7 +24,7 @@ CONFIG = """<Configuration><SystemConfiguration><StateStore>memory://</StateStor
 
 
 def launcher(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTER_", "FLOWER_"))}
     return subprocess.run(
         [sys.executable, "-m", "workers.flower", "--port=1"],
         cwd=ROOT,

@@ -440,3 +440,12 @@ def test_poll_and_deliver_update_the_metrics_of_their_instance(world: World) -> 
     tasks.deliver("box")
     assert metrics.DELIVERED.labels("box")._value.get() == before + 1
     assert metrics.LAG.labels("box")._value.get() == 0.0
+
+
+def test_flower_credentials_come_from_router_settings_or_flowers_own_variable() -> None:
+    from workers.flower import credentials, credentials_ok
+
+    assert credentials(Settings(flower_basic_auth="a:b"), {"FLOWER_BASIC_AUTH": "c:d"}) == "a:b"
+    assert credentials(Settings(), {"FLOWER_BASIC_AUTH": "c:d"}) == "c:d"
+    assert credentials(Settings(), {}) is None
+    assert credentials_ok("a:b,c:d") and not credentials_ok("a:b,c")
