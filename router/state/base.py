@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +196,18 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def purge(self, instance: str, states: Iterable[LedgerState], older_than: float) -> int:
         """Delete entries in ``states`` last updated before ``older_than``; return the count."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group the writes made inside the block (by this thread) into one commit, if the
+        backend can; the default runs each write on its own, as outside the block.
+
+        For callers settling many entries at once (a chunk of deliveries, a fetch batch of
+        staged messages): SQLite then fsyncs once per block instead of once per write. A failure
+        inside the block may roll back the block's earlier writes, as a crash would; callers
+        only group writes whose repetition is harmless (ledger compare-and-set, CRM duplicate
+        check). Keep network calls out of the block: it may hold the database's write lock.
+        """
+        return nullcontext()
 
     def ping(self) -> None:
         """Raise StateUnavailable when the store cannot be reached."""

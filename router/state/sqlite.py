@@ -105,6 +105,18 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _savepoint(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A nested transaction: undone alone if its block fails, committed with the outer one."""
+    conn.execute("SAVEPOINT nested")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK TO nested")
+        conn.execute("RELEASE nested")
+        raise
+    conn.execute("RELEASE nested")
+
+
 def _alive(pid: int, ref: weakref.ref[threading.Thread], conn: sqlite3.Connection) -> bool:
     """Whether ``conn``'s thread still runs; if not, close ``conn`` (threads come and go).
 
@@ -231,6 +243,9 @@ class SqliteStore(StateStore):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the database's write lock from its first read."""
         conn = self._conn()
+        if conn.in_transaction and getattr(self._local, "batch", False):
+            yield from _savepoint(conn)  # inside batch(): the enclosing transaction commits
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -239,6 +254,26 @@ class SqliteStore(StateStore):
             if conn.in_transaction:  # also after a failed COMMIT, or the next BEGIN would fail
                 conn.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction (one fsync) for every write this thread makes inside the block.
+
+        Measured with bench_ingest (10 threads, synchronous=FULL): settling a delivered message
+        took 3 commits, staging one 1 - each an fsync, serialised by SQLite's write lock.
+        """
+        if getattr(self._local, "batch", False):
+            yield
+            return
+        try:
+            with self._tx():
+                self._local.batch = True
+                try:
+                    yield
+                finally:
+                    self._local.batch = False
+        except sqlite3.DatabaseError as exc:
+            raise StateUnavailable(f"SQLite state store failed: {exc}") from exc
 
     @_guarded
     def _init_schema(self) -> None:
