@@ -233,7 +233,12 @@ def crm_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulato
 
 @pytest.fixture
 def simulator(crm_simulator: SimulatorServer) -> Iterator[SimulatorServer]:
-    """The session's simulator, through a fresh organisation, with faults reset."""
+    """The session's simulator, through a fresh organisation, with faults reset.
+
+    It also waits (bounded) for requests still in flight from an earlier test - e.g. a slow
+    request whose client gave up - since the concurrency limit counts them.
+    """
     crm_simulator.reset_faults()
+    wait_for(lambda: crm_simulator.stats()["in_flight"] == 0, timeout=10, interval=0.1)
     yield crm_simulator.for_org(f"t{uuid.uuid4().hex[:10]}")
     crm_simulator.reset_faults()
