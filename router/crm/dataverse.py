@@ -52,6 +52,7 @@ from router.crm.dataverse_payloads import (
     FAILED,
     NS,
     SENT,
+    Shapes,
     attachment_entity,
     check_incoming_path,
     deliver_params,
@@ -94,6 +95,9 @@ class DataverseOptions:
     attachment - the shape Dataverse documents explicitly, for organisations that refuse
     inline attachments; a retry after a partial failure adds only the missing files (matched by
     file name), and such activities are delivered one by one rather than in ``$batch``.
+
+    ``shapes`` holds the wire-format choices Microsoft's documentation leaves open (address
+    separator, ExtraProperties columns for the receiving user and queue).
     """
 
     batch_size: int = 10
@@ -103,6 +107,7 @@ class DataverseOptions:
     read_timeout: float = 120.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     failure_note: bool = True
+    shapes: Shapes = field(default_factory=Shapes)
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 1000:
@@ -183,7 +188,7 @@ class DataverseAdapter(CrmAdapter):
         return bool(self._check(activity)["ShouldDeliver"])
 
     def _check(self, activity: Activity) -> dict[str, Any]:
-        path = check_incoming_path(activity)
+        path = check_incoming_path(activity, self.options.shapes)
         if len(path) > MAX_URL:  # many recipients: a GET inside $batch has no URL limit
             (part,) = self._batch([Part("GET", path)], "CheckIncomingEmail in $batch")
             if part.status >= 300:
@@ -209,7 +214,8 @@ class DataverseAdapter(CrmAdapter):
         return DeliveryResult(self._deliver_now(activity, target))
 
     def _deliver_now(self, activity: Activity, target: DeliveryTarget) -> str:
-        params = deliver_params(activity, target, inline=not self._separate(activity))
+        inline = not self._separate(activity)
+        params = deliver_params(activity, target, inline, self.options.shapes)
         answer = self.api.call(
             "POST", DELIVER, "DeliverIncomingEmail", json=params, idempotent=False
         )
@@ -318,7 +324,10 @@ class DataverseAdapter(CrmAdapter):
         out: list[DeliveryResult | CrmError | None] = [None] * len(chunk)
         pending = list(range(len(chunk)))
         for attempt in range(1, self.options.retry.max_attempts + 1):
-            parts = [Part("POST", DELIVER, deliver_params(*chunk[i], inline=True)) for i in pending]
+            parts = [
+                Part("POST", DELIVER, deliver_params(*chunk[i], True, self.options.shapes))
+                for i in pending
+            ]
             try:
                 answers = self._batch(parts, f"$batch of {len(parts)} DeliverIncomingEmail", False)
             except MaybeSent:

@@ -13,6 +13,7 @@ the most plausible reading where it is not; they are kept here, in one place, fo
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -47,51 +48,67 @@ def odata_string(value: str) -> str:
     return quote("'" + value.replace("'", "''") + "'", safe="'@")
 
 
-def _addresses(addresses: tuple[Address, ...]) -> str:
-    # Addresses only, ";"-separated (unconfirmed separator): display names can hold ";" or ",".
-    return ";".join(a.email for a in addresses)
+@dataclass(frozen=True)
+class Shapes:
+    """The wire-format choices the documentation leaves open, in one place to change them.
+
+    ``address_separator`` joins several addresses in From/To/Cc/Bcc (unconfirmed: ``;``; only
+    addresses are sent, since display names may hold ``;`` or ``,``). ``owner_binding`` and
+    ``queue_binding`` are the ExtraProperties columns that name the receiving user
+    (``ownerid@odata.bind`` -> ``/systemusers(id)``) and queue (unconfirmed column name;
+    ``None`` leaves it out and lets Dataverse route by recipient address).
+    """
+
+    address_separator: str = ";"
+    owner_binding: str | None = "ownerid@odata.bind"
+    queue_binding: str | None = "queueid@odata.bind"
 
 
-def _check_values(activity: Activity) -> list[str]:
+DEFAULT_SHAPES = Shapes()
+
+
+def _check_values(activity: Activity, shapes: Shapes) -> list[str]:
     sender = activity.sender.email if activity.sender else ""
+    join = shapes.address_separator.join
     return [
         activity.message_id,
         activity.subject[:SUBJECT_MAX],
         sender,
-        _addresses(activity.to),
-        _addresses(activity.cc),
-        _addresses(activity.bcc),
+        join(a.email for a in activity.to),
+        join(a.email for a in activity.cc),
+        join(a.email for a in activity.bcc),
     ]
 
 
-def check_incoming_path(activity: Activity) -> str:
+def check_incoming_path(activity: Activity, shapes: Shapes = DEFAULT_SHAPES) -> str:
     """``CheckIncomingEmail(MessageId=@p1,...)?@p1='...'&...`` for ``activity``."""
     names = ",".join(f"{n}=@p{i}" for i, n in enumerate(CHECK_PARAMS, 1))
-    values = "&".join(f"@p{i}={odata_string(v)}" for i, v in enumerate(_check_values(activity), 1))
-    return f"CheckIncomingEmail({names})?{values}"
+    values = _check_values(activity, shapes)
+    query = "&".join(f"@p{i}={odata_string(v)}" for i, v in enumerate(values, 1))
+    return f"CheckIncomingEmail({names})?{query}"
 
 
-def extra_properties(target: DeliveryTarget) -> dict[str, Any]:
+def extra_properties(target: DeliveryTarget, shapes: Shapes = DEFAULT_SHAPES) -> dict[str, Any]:
     """The ``ExtraProperties`` email entity: direction and the receiving user or queue.
 
-    ``ownerid@odata.bind`` makes the receiving user own the activity; ``queueid@odata.bind``
-    (unconfirmed column name) names the receiving queue. The receiving mailbox address goes in
-    DeliverIncomingEmail's own ``SubmittedBy`` parameter.
+    The receiving mailbox address goes in DeliverIncomingEmail's own ``SubmittedBy``.
     """
     extra: dict[str, Any] = {"@odata.type": f"{NS}email", "directioncode": False}
-    if target.user_id:
-        extra["ownerid@odata.bind"] = f"/systemusers({target.user_id})"
-    if target.queue_id:
-        extra["queueid@odata.bind"] = f"/queues({target.queue_id})"
+    if target.user_id and shapes.owner_binding:
+        extra[shapes.owner_binding] = f"/systemusers({target.user_id})"
+    if target.queue_id and shapes.queue_binding:
+        extra[shapes.queue_binding] = f"/queues({target.queue_id})"
     return extra
 
 
-def deliver_params(activity: Activity, target: DeliveryTarget, inline: bool) -> dict[str, Any]:
+def deliver_params(
+    activity: Activity, target: DeliveryTarget, inline: bool, shapes: Shapes = DEFAULT_SHAPES
+) -> dict[str, Any]:
     """The DeliverIncomingEmail parameters; attachments inline only when ``inline``."""
     received = activity.received_on or datetime.now(UTC)
     if received.tzinfo is None:
         received = received.replace(tzinfo=UTC)
-    message_id, subject, sender, to, cc, bcc = _check_values(activity)
+    message_id, subject, sender, to, cc, bcc = _check_values(activity, shapes)
     return {
         "MessageId": message_id,
         "Subject": subject,
@@ -104,7 +121,7 @@ def deliver_params(activity: Activity, target: DeliveryTarget, inline: bool) -> 
         "Importance": activity.importance or "normal",
         "Body": activity.body_html,
         "Attachments": [attachment_entity(a) for a in activity.attachments] if inline else [],
-        "ExtraProperties": extra_properties(target),
+        "ExtraProperties": extra_properties(target, shapes),
     }
 
 

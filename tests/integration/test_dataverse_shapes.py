@@ -15,6 +15,7 @@ import pytest
 
 from router.crm.base import DeliveryTarget, Owners
 from router.crm.dataverse import DataverseAdapter, DataverseOptions
+from router.crm.dataverse_payloads import Shapes
 from router.models import Activity, Address, Attachment
 from tests.servers.simulator import SimulatorServer
 
@@ -240,3 +241,13 @@ def test_a_long_recipient_list_is_checked_inside_a_batch(
     checks = [r for r in log if "CheckIncomingEmail(" in r["path"]]
     assert checks and all(r["parent"] is not None and r["method"] == "GET" for r in checks)
     assert len(simulator.emails()[0]["parties"]) == 151
+
+
+def test_the_queue_column_can_be_left_out(simulator: SimulatorServer) -> None:
+    options = DataverseOptions(shapes=Shapes(queue_binding=None))
+    crm = DataverseAdapter.from_deployment(simulator.deployment(), options)
+    crm.deliver(sample("q"), TARGET)
+
+    deliver = next(r for r in web_api(simulator.request_log()) if r["method"] == "POST")
+    assert "queueid@odata.bind" not in deliver["body"]["ExtraProperties"]
+    assert simulator.emails()[0]["queueid"] is None
