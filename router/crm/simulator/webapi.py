@@ -286,9 +286,10 @@ def query_emails(store: Store, call: Call, _: re.Match[str]) -> Answer:
     check_query_options(call.args, ("$select", "$filter", "$top"))
     columns = (*EMAIL_COLUMNS, "_ownerid_value")
     select = parse_select(call.args.get("$select"), columns)
-    clauses = parse_filter(call.args.get("$filter", "activityid eq null"), EMAIL_COLUMNS)
-    sql = " AND ".join(f"{name} IS ?" for name, _ in clauses)
-    rows = store.query(f"SELECT * FROM emails WHERE org=? AND {sql} ORDER BY createdon",
+    text = call.args.get("$filter")
+    clauses = parse_filter(text, EMAIL_COLUMNS) if text else []
+    sql = "".join(f" AND {name} IS ?" for name, _ in clauses)
+    rows = store.query(f"SELECT * FROM emails WHERE org=?{sql} ORDER BY createdon",
                        [call.org, *(v for _, v in clauses)])  # fmt: skip
     top = int(call.args.get("$top", "5000"))
     values = [_project(r, select) for r in rows[:top]]
