@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -101,6 +103,7 @@ class RedisStore(StateStore):
         self._r = client
         self.keys = Keys(prefix)
         self._clock = clock
+        self._local = threading.local()  # this thread's batch() pipeline, if any
         self._acquire = client.register_script(lua.ACQUIRE)
         self._renew = client.register_script(lua.RENEW)
         self._release = client.register_script(lua.RELEASE)
@@ -128,6 +131,35 @@ class RedisStore(StateStore):
     @_guarded
     def ping(self) -> None:
         self._r.ping()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Pipeline the writes nobody waits for an answer to (dropping staged bytes, indexing
+        Message-IDs): sent in one round trip when the block ends, even if it ends in an error.
+
+        Measured with bench_ingest (Celery workers): settling a delivered message took three
+        round trips (transition, index, drop); inside a delivery chunk's batch it takes one.
+        """
+        if getattr(self._local, "pipe", None) is not None:
+            yield
+            return
+        pipe = self._r.pipeline(transaction=False)
+        self._local.pipe = pipe
+        try:
+            yield
+        finally:
+            self._local.pipe = None
+            self._send(pipe)
+
+    @_guarded
+    def _send(self, pipe: Any) -> None:
+        if len(pipe):
+            pipe.execute()
+
+    def _writer(self) -> Any:
+        """Where a fire-and-forget write goes: the batch's pipeline, or straight to Redis."""
+        pipe = getattr(self._local, "pipe", None)
+        return self._r if pipe is None else pipe
 
     def close(self) -> None:
         self._r.close()
@@ -317,7 +349,7 @@ class RedisStore(StateStore):
 
     @_guarded
     def drop_raw(self, instance: str, key: str) -> None:
-        self._r.delete(self.keys.raw(instance, key))
+        self._writer().delete(self.keys.raw(instance, key))
 
     @_guarded
     def delete_entry(self, instance: str, key: str) -> None:
@@ -328,7 +360,7 @@ class RedisStore(StateStore):
     # -- Message-ID index -----------------------------------------------------------------------
     @_guarded
     def index_message_id(self, message_id: str, instance: str, key: str) -> None:
-        self._r.set(self.keys.msgid(message_id), dumps([instance, key]), ex=MSGID_TTL)
+        self._writer().set(self.keys.msgid(message_id), dumps([instance, key]), ex=MSGID_TTL)
 
     @_guarded
     def lookup_message_id(self, message_id: str) -> tuple[str, str] | None:

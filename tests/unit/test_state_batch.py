@@ -1,15 +1,19 @@
-"""StateStore.batch(): many writes, one commit (SQLite), the same results as without it."""
+"""StateStore.batch(): many writes, one commit (SQLite) or one round trip (Redis), the same
+results as without it."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from router.models import LedgerState
 from router.state.memory import MemoryStore
+from router.state.redis import RedisStore
 from router.state.sqlite import SqliteStore
+from tests.contract.state_helpers import delete_prefix
 
 S = LedgerState
 
@@ -74,3 +78,37 @@ def test_batches_nest_and_stores_without_transactions_accept_them() -> None:
     with store.batch(), store.batch():
         assert store.stage("a", "k1", b"raw")
     assert store.get_raw("a", "k1") == b"raw"
+
+
+# -- Redis: fire-and-forget writes pipelined ---------------------------------------------------
+@pytest.fixture
+def redis_store(redis_url: str, redis_prefix: str) -> Iterator[RedisStore]:
+    url = redis_url
+    store = RedisStore.from_url(url, prefix=redis_prefix)
+    yield store
+    store.close()
+    delete_prefix(url, store.keys)
+
+
+@pytest.mark.redis
+def test_redis_sends_raw_drops_and_the_index_when_the_batch_ends(redis_store: RedisStore) -> None:
+    redis_store.stage("a", "k1", b"raw")
+    with redis_store.batch():
+        redis_store.transition("a", "k1", [S.STAGED], S.DELIVERED, message_id="<m@x>")
+        redis_store.index_message_id("in:a:<m@x>", "a", "k1")
+        redis_store.drop_raw("a", "k1")
+        # Given the block is still open, the two writes wait in the pipeline...
+        assert redis_store.get_raw("a", "k1") == b"raw"
+    # ...and when it ends, one round trip applies them.
+    assert redis_store.get_raw("a", "k1") is None
+    assert redis_store.lookup_message_id("in:a:<m@x>") == ("a", "k1")
+    assert redis_store.get_entry("a", "k1").state is S.DELIVERED  # type: ignore[union-attr]
+
+
+@pytest.mark.redis
+def test_redis_batch_ending_in_an_error_still_sends_what_it_queued(redis_store: RedisStore) -> None:
+    redis_store.stage("a", "k1", b"raw")
+    with pytest.raises(RuntimeError), redis_store.batch():
+        redis_store.drop_raw("a", "k1")
+        raise RuntimeError("CRM answer lost")
+    assert redis_store.get_raw("a", "k1") is None
