@@ -61,8 +61,20 @@ class CrmAdapter(abc.ABC):
     ) -> list[DeliveryResult | CrmError]:
         """Deliver several activities; one failure fails only its own item.
 
-        The default delivers one by one; adapters with a batch API override it. Errors that are
-        not about one record (throttling, outage, credentials) are raised, not returned.
+        The default delivers one by one; adapters with a batch API override it and may skip
+        the per-message duplicate check for speed. Errors that are not about one record
+        (throttling, outage, credentials) are raised, not returned.
+        """
+        return self.deliver_checked(items)
+
+    def deliver_checked(
+        self, items: Sequence[tuple[Activity, DeliveryTarget]]
+    ) -> list[DeliveryResult | CrmError]:
+        """Deliver one by one through :meth:`deliver`, each with the CRM's duplicate check.
+
+        The router uses it for messages that may have reached the CRM already (a delivery that
+        was interrupted by a crash or an ambiguous failure), where speed matters less than
+        asking first.
         """
         results: list[DeliveryResult | CrmError] = []
         for activity, target in items:

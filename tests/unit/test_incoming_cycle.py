@@ -7,6 +7,7 @@ tests/integration and tests/e2e; these tests pin the ordering rules of router.in
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from email.message import EmailMessage
 
 import pytest
@@ -15,7 +16,7 @@ from router import quarantine
 from router.config import Configuration, Deployment, ProviderConfiguration
 from router.crm.base import DeliveryTarget
 from router.crm.memory import MemoryCrm
-from router.errors import CrmRejected, CrmUnavailable, ProviderUnavailable
+from router.errors import CrmError, CrmRejected, CrmUnavailable, ProviderUnavailable
 from router.incoming import format_report, poll_instance
 from router.models import Activity, DeliveryResult, Direction, LedgerState
 from router.providers import memory as memprov
@@ -245,3 +246,41 @@ def test_poll_records_counters_and_the_report_reads_well() -> None:
     text = format_report(report)
     assert text.startswith("box: listed 2, staged 2, delivered 2")
     assert "  1: delivered" in text
+
+
+class NonDedupingBatchCrm(MemoryCrm):
+    """A CRM whose batch path creates without a duplicate check (the worst case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[str] = []
+        self.crash_after_batch = False
+
+    def deliver_many(
+        self, items: Sequence[tuple[Activity, DeliveryTarget]]
+    ) -> list[DeliveryResult | CrmError]:
+        results: list[DeliveryResult | CrmError] = []
+        for activity, target in items:
+            self.created.append(activity.message_id)
+            results.append(DeliveryResult(self.deliver(activity, target).activity_id))
+        if self.crash_after_batch:  # the worker dies after the CRM accepted the batch
+            raise RuntimeError("worker killed before the ledger was updated")
+        return results
+
+
+def test_a_delivery_interrupted_after_the_crm_accepted_it_is_retried_with_a_duplicate_check() -> (
+    None
+):
+    rig = Rig()
+    crm = NonDedupingBatchCrm()
+    rig.ctx._crms["crm"] = crm
+    rig.append(3)
+    crm.crash_after_batch = True
+    with pytest.raises(RuntimeError):
+        poll_instance(rig.ctx, "box")
+    assert rig.store.count_entries("box") == {LedgerState.STAGED: 3}
+    crm.crash_after_batch = False
+    report = poll_instance(rig.ctx, "box")
+    assert len(crm.created) == 3, "the retry went through the unchecked batch path again"
+    assert report.duplicates == 3
+    assert rig.store.count_entries("box") == {LedgerState.DONE: 3}
