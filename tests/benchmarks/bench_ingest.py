@@ -279,6 +279,7 @@ def celery(world: World, sim: SimulatorServer, latency: float, workers: int) -> 
         worker = _spawn(worker_cmd, env, world.workdir / f"{tag}-worker.log", stack)
         beat = _spawn(beat_cmd, env, world.workdir / f"{tag}-beat.log", stack)
         sampler = stack.enter_context(ProcessSampler(worker.pid))
+        stack.enter_context(common.spying(worker.pid, f"ingest-{tag}", world.args.profile))
         seconds, count = wait_drained(world, world.redis_url, prefix, [worker, beat])
     return _router_row(f"celery -c {workers}", latency, seconds, count, sampler, world.total)
 
