@@ -35,7 +35,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 STATE_SCHEMES = ("sqlite", "redis", "rediss", "unix", "memory")
 
 
-class Secret(BaseXmlModel, frozen=True):
+class Secret(BaseXmlModel, frozen=True, search_mode="unordered"):
     """A secret value: inline text, an environment variable (``Env``) or a file (``File``)."""
 
     env: str | None = attr(name="Env", default=None)
@@ -62,7 +62,9 @@ class Secret(BaseXmlModel, frozen=True):
         return (self.value or "").strip()
 
 
-class SystemConfiguration(BaseXmlModel, tag="SystemConfiguration", frozen=True):
+class SystemConfiguration(
+    BaseXmlModel, tag="SystemConfiguration", frozen=True, search_mode="unordered"
+):
     """Service-wide settings (times in milliseconds)."""
 
     max_threads: int = element(tag="MaxThreads", default=50, ge=1, le=1000)
@@ -99,7 +101,7 @@ def check_state_url(value: str) -> str:
     return value
 
 
-class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
+class Deployment(BaseXmlModel, tag="Deployment", frozen=True, search_mode="unordered"):
     """One CRM organisation and the credentials to reach it."""
 
     name: str = attr(name="Name", min_length=1)
@@ -121,20 +123,22 @@ class Deployment(BaseXmlModel, tag="Deployment", frozen=True):
     attachment_mode: Literal["inline", "separate"] = element(tag="AttachmentMode", default="inline")
 
 
-class Parameter(BaseXmlModel, tag="Parameter", frozen=True):
+class Parameter(BaseXmlModel, tag="Parameter", frozen=True, search_mode="unordered"):
     """One provider-specific option, validated by the provider's options model."""
 
     name: str = attr(name="Name", min_length=1)
     value: str = ""
 
 
-class Parameters(BaseXmlModel, tag="Parameters", frozen=True):
+class Parameters(BaseXmlModel, tag="Parameters", frozen=True, search_mode="unordered"):
     """The ``<Parameters>`` block of a provider instance."""
 
     items: tuple[Parameter, ...] = element(tag="Parameter", default=())
 
 
-class ProviderConfiguration(BaseXmlModel, tag="ProviderConfiguration", frozen=True):
+class ProviderConfiguration(
+    BaseXmlModel, tag="ProviderConfiguration", frozen=True, search_mode="unordered"
+):
     """One provider instance: a mailbox and a direction."""
 
     name: str = attr(name="Name", min_length=1)
@@ -188,7 +192,7 @@ class ProviderConfiguration(BaseXmlModel, tag="ProviderConfiguration", frozen=Tr
         return {p.name: p.value for p in self.parameters.items}
 
 
-class Configuration(BaseXmlModel, tag="Configuration", frozen=True):
+class Configuration(BaseXmlModel, tag="Configuration", frozen=True, search_mode="unordered"):
     """The whole configuration file."""
 
     system: SystemConfiguration = element(

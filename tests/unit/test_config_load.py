@@ -324,3 +324,38 @@ def test_bad_state_url_in_the_environment_is_reported_without_its_password(
     assert raised.value.problems == [
         "environment: ROUTER_STATE_URL: must be a sqlite, redis, rediss, unix, memory URL"
     ]
+
+
+def test_elements_are_read_in_any_order(tmp_path: Path) -> None:
+    path = tmp_path / "any-order.xml"
+    path.write_text(
+        """<Configuration>
+  <ProviderConfiguration Name="first">
+    <Deployment>d</Deployment>
+    <PollingPeriod>5000</PollingPeriod>
+    <Direction>Incoming</Direction>
+    <ProviderClass>memory</ProviderClass>
+  </ProviderConfiguration>
+  <Deployment Name="d"><CrmServerUrl>https://x.example</CrmServerUrl><Adapter>memory</Adapter></Deployment>
+  <SystemConfiguration>
+    <StateStore>memory://</StateStore>
+    <ConfigRefreshPeriod>2000</ConfigRefreshPeriod>
+    <MaxThreadExecution>60000</MaxThreadExecution>
+  </SystemConfiguration>
+  <ProviderConfiguration Name="second">
+    <Direction>Incoming</Direction>
+    <ProviderClass>memory</ProviderClass>
+    <Deployment>d</Deployment>
+  </ProviderConfiguration>
+</Configuration>
+"""
+    )
+    config = load_config(path)
+    assert (config.system.config_refresh_period, config.system.max_thread_execution) == (
+        2000,
+        60000,
+    )
+    assert config.system.state_store == "memory://"
+    assert [p.name for p in config.providers] == ["first", "second"]
+    assert config.providers[0].polling_period == 5000
+    assert config.deployments[0].adapter == "memory"
