@@ -75,6 +75,7 @@ def test_compose_flower_cannot_start_without_basic_auth(compose: dict[str, Any])
     flower = compose["services"]["flower"]
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?.+\}", flower["environment"]["FLOWER_BASIC_AUTH"])
     assert not any("basic" in str(part) for part in flower["command"])  # not in argv
+    assert flower["command"][:3] == ["python", "-m", "workers.flower"]
 
 
 def test_compose_publishes_ports_on_loopback_only(compose: dict[str, Any]) -> None:
@@ -148,8 +149,8 @@ def test_k8s_flower_has_a_service_and_requires_basic_auth() -> None:
     deployment, service = k8s("flower.yaml")
     assert service["kind"] == "Service"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    command = " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert 'test -n "$FLOWER_BASIC_AUTH"' in command
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "workers.flower"]  # the launcher that demands auth
 
 
 def test_k8s_kustomization_lists_every_manifest() -> None:
