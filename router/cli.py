@@ -12,9 +12,17 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, RouterError, action_of
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+#: What an operator reads after an error, by what the router does about it (errors.action_of).
+_NEXT_STEP = {
+    "retry": "temporary: nothing was lost, the next cycle retries",
+    "stop": "the instance stops until its configuration or credentials are fixed",
+    "quarantine": "the message was set aside; see `email-router quarantine list`",
+    "crash": "unexpected",
+}
 
 
 def _version() -> str:
@@ -65,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
     except RouterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc} ({_NEXT_STEP[action_of(exc)]})", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -125,11 +125,6 @@ def test_a_connection_dropped_mid_fetch_fails_and_the_next_poll_resumes(
     assert len(dovecot.list_uids(box.user, "Processed")) == 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router/cli.py main() prints a RetryableError like any other error (`error: ...`): "
-    "nothing tells the operator that the next poll will simply retry",
-)
 def test_a_poll_cut_mid_fetch_says_the_error_is_temporary(
     dovecot: Dovecot, simulator: SimulatorServer, proxy: DroppingProxy, tmp_path: Path
 ) -> None:
