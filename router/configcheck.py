@@ -103,6 +103,7 @@ def check_file(path: Path) -> Configuration:
             root.sourceline or 0,
             f"the root element must be <Configuration>, not <{root.tag}>",
         )
+    anchor_secret_files(root, path.parent)
     problems = Problems()
     check_structure(root, Configuration, problems)
     bound = {tag: _bind_all(root, tag, model, problems) for tag, model in TOP_LEVEL.items()}
@@ -110,6 +111,17 @@ def check_file(path: Path) -> Configuration:
     problems.raise_if_any(file)
     assert config is not None  # no problems means every element was bound
     return config
+
+
+def anchor_secret_files(root: Element, base: Path) -> None:
+    """Make relative ``File=`` secret paths relative to the configuration file, not the cwd.
+
+    The same file then works from any working directory, as mounted secrets do.
+    """
+    for el in root.iter():
+        value = el.get("File")
+        if value and not Path(value).is_absolute():
+            el.set("File", str((base / value).resolve()))
 
 
 # -- pass 1: parsing ----------------------------------------------------------------------------

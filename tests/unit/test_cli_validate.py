@@ -10,12 +10,6 @@ from router.cli import main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "config"
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "config" / "router.example.xml"
-EXAMPLE_SECRETS = (
-    "DATAVERSE_CLIENT_SECRET",
-    "SALES_IMAP_PASSWORD",
-    "SUPPORT_POP3_PASSWORD",
-    "SMTP_RELAY_PASSWORD",
-)
 
 # (fixture, the one line validate must print for it, without the "FILE:" prefix)
 BROKEN = [
@@ -128,11 +122,10 @@ def test_missing_file_exits_2_saying_so(tmp_path: Path, capsys: pytest.CaptureFi
     )
 
 
-def test_example_validates_and_lists_its_three_instances(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_example_validates_as_shipped_and_lists_its_three_instances(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    for var in EXAMPLE_SECRETS:
-        monkeypatch.setenv(var, f"value-of-{var}")
+    monkeypatch.chdir(tmp_path)  # relative File= secrets are read beside the config, not here
 
     code = main(["validate", str(EXAMPLE)])
 
@@ -144,21 +137,22 @@ def test_example_validates_and_lists_its_three_instances(
         ["support-pop3", "pop3", "Incoming", "pop.contoso.com:995", "120", "yes", "contoso"],
         ["outbound-smtp", "smtp", "Outgoing", "smtp.contoso.com:587", "30", "yes", "contoso"],
     ]
-    assert "value-of-" not in out.out + out.err
+    assert "replace-me" not in out.out + out.err
 
 
-def test_example_without_its_env_secrets_names_each_missing_variable(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_missing_relative_secret_file_is_named_with_its_resolved_path(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    for var in EXAMPLE_SECRETS:
-        monkeypatch.delenv(var, raising=False)
+    config = tmp_path / "conf" / "router.xml"
+    config.parent.mkdir()
+    config.write_text(EXAMPLE.read_text())
 
-    code = main(["validate", str(EXAMPLE)])
+    code = main(["validate", str(config)])
 
     err = capsys.readouterr().err
     assert code == 2
-    for var in EXAMPLE_SECRETS:
-        assert f"environment variable {var} is not set (export {var}=...)" in err
+    expected = tmp_path / "conf" / "secrets" / "dataverse-client-secret"
+    assert f"<ClientSecret>: cannot read secret file '{expected}'" in err
 
 
 def test_config_path_comes_from_router_config_when_not_given(
