@@ -14,7 +14,8 @@ fresh simulator organisation:
   imapclient ``UID FETCH``, a stdlib ``email`` parse and one DeliverIncomingEmail POST;
 * ``standalone`` - ``email-router run`` (one process, SQLite state, MaxThreads = mailboxes);
 * ``celery1`` / ``celery2`` - ``celery -A workers worker -c 1|2`` (queues incoming + crm) and
-  beat with the configuration scheduler, Redis broker and state (a private redis-server).
+  beat with the configuration scheduler, Redis broker and state (a private redis-server);
+* ``celery-threads`` (not in the default ``--modes``) - one worker process, ``-P threads -c 10``.
 
 Router times run from process launch (start-up included) until the ledger holds every message in
 a final state; each row also gives peak RSS of the biggest worker process and CPU seconds of the
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import itertools
 import os
 import subprocess
 import sys
@@ -52,6 +54,7 @@ from tests.benchmarks.common import Mailbox, ProcessSampler
 from tests.servers.dovecot import PASSWORD, Dovecot, running_dovecot
 from tests.servers.simulator import ODATA, SimulatorServer, start_simulator
 
+_BROKER_DBS = itertools.count()
 FINAL = (LedgerState.DELIVERED, LedgerState.DONE, LedgerState.SKIPPED, LedgerState.QUARANTINED)
 BIN = Path(sys.executable).parent
 NS = "Microsoft.Dynamics.CRM."
@@ -233,10 +236,12 @@ def standalone(world: World, sim: SimulatorServer, latency: float) -> Row:
     return _router_row("standalone", latency, seconds, count, sampler, world.total)
 
 
-def celery(world: World, sim: SimulatorServer, latency: float, workers: int) -> Row:
-    tag = f"celery{workers}-{latency:g}"
+def celery(
+    world: World, sim: SimulatorServer, latency: float, workers: int, pool: str = "prefork"
+) -> Row:
+    tag = f"celery{workers}{pool[0]}-{latency:g}"
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    broker = world.redis_url.rsplit("/", 1)[0] + f"/{1 + int(latency) % 7 + 7 * (workers - 1)}"
+    broker = world.redis_url.rsplit("/", 1)[0] + f"/{next(_BROKER_DBS) % 15 + 1}"  # fresh queues
     config = write_config(world, sim, world.redis_url, tag)
     env = common.env_with_password(
         {
@@ -257,7 +262,7 @@ def celery(world: World, sim: SimulatorServer, latency: float, workers: int) -> 
         "-c",
         str(workers),
         "--pool",
-        "prefork",
+        pool,
         "--loglevel",
         "WARNING",
         "-n",
@@ -281,7 +286,8 @@ def celery(world: World, sim: SimulatorServer, latency: float, workers: int) -> 
         sampler = stack.enter_context(ProcessSampler(worker.pid))
         stack.enter_context(common.spying(worker.pid, f"ingest-{tag}", world.args.profile))
         seconds, count = wait_drained(world, world.redis_url, prefix, [worker, beat])
-    return _router_row(f"celery -c {workers}", latency, seconds, count, sampler, world.total)
+    mode = f"celery -c {workers}" if pool == "prefork" else f"celery -P {pool} -c {workers}"
+    return _router_row(mode, latency, seconds, count, sampler, world.total)
 
 
 def _spawn(
@@ -318,6 +324,7 @@ MODES: dict[str, Callable[[World, SimulatorServer, float], Row]] = {
     "standalone": standalone,
     "celery1": lambda w, s, lat: celery(w, s, lat, 1),
     "celery2": lambda w, s, lat: celery(w, s, lat, 2),
+    "celery-threads": lambda w, s, lat: celery(w, s, lat, 10, "threads"),
 }
 
 
