@@ -94,10 +94,14 @@ def _run(port: int, args: argparse.Namespace, tmp: Path) -> None:
                 lambda r: router(port, count, SqliteStore(str(tmp / f"s{r}.db"))),
             )
         )
-    # Alternate the variants round by round so a busy machine slows them alike.
+    # Alternate bare and router round by round so a busy machine slows them alike; the SQLite
+    # rounds come last, as their fsyncs (and the disk write-back after them) disturb the rest.
     times: dict[str, list[float]] = {label: [] for label, _ in runs}
     for r in range(args.rounds):
-        for label, run in runs:
+        for label, run in runs[:2]:
+            times[label].append(run(r))
+    for r in range(args.rounds):
+        for label, run in runs[2:]:
             times[label].append(run(r))
     base = statistics.median(times[runs[0][0]])
     print(f"{count} messages, median of {args.rounds} alternating rounds")
