@@ -526,8 +526,9 @@ def format_report(report: CycleReport) -> str:
         f"filtered {report.filtered}, quarantined {report.quarantined}, "
         f"post-processed {report.post_processed} in {report.duration:.2f}s"
     ]
+    final = {o.key: o for o in report.outcomes}  # a message's last outcome (staged -> delivered)
     lines += [
-        f"  {o.key}: {o.outcome}" + (f" ({o.detail})" if o.detail else "") for o in report.outcomes
+        f"  {o.key}: {o.outcome}" + (f" ({o.detail})" if o.detail else "") for o in final.values()
     ]
     if report.error:
         lines.append(f"error: {report.error}")
