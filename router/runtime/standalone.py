@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds ``run`` waits for in-flight cycles after a stop request, at most.
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Seconds between purges of finished ledger entries (as the Celery housekeeping task).
+HOUSEKEEPING_PERIOD = 300.0
 #: Report attributes that are not "something happened" counters.
 _NOT_COUNTERS = frozenset({"duration", "instance", "error", "outcomes"})
 
@@ -259,6 +261,7 @@ class StandaloneRuntime:
         self._executor = self.executor_factory(self._threads)
         self._watcher = ConfigWatcher(self.config_path, self.config)
         self._next_refresh = self.clock() + self.config.system.config_refresh_period / 1000
+        self._next_housekeeping = self.clock() + HOUSEKEEPING_PERIOD
         self._announce = False
         self._generation = 0
         self._ctx: Context | None = None
@@ -353,6 +356,21 @@ class StandaloneRuntime:
             self.reload()
         self._check_overruns(now)
         self._start_due(now)
+        if now >= self._next_housekeeping and self._ctx is not None:
+            self._next_housekeeping = now + HOUSEKEEPING_PERIOD
+            self._housekeep(self._ctx)
+
+    def _housekeep(self, ctx: Context) -> None:
+        """Purge finished ledger entries past LedgerRetention; a failure only waits a period."""
+        from router.housekeeping import housekeeping
+
+        try:
+            report = housekeeping(ctx)
+        except RouterError as exc:
+            log.warning("housekeeping failed, trying again later: %s", exc)
+            return
+        if report.total:
+            log.info("housekeeping: purged %d finished ledger entries", report.total)
 
     def _start_due(self, now: float) -> None:
         free = self.config.system.max_threads - sum(s.running for s in self.slots.values())

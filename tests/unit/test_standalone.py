@@ -463,3 +463,25 @@ def test_reload_keeps_the_crm_adapter_of_an_unchanged_deployment_and_closes_a_ch
     kept = rt.slots["box"].ctx._crms.get("crm") is adapter
     assert kept is not crm_changes
     assert adapter.closed is crm_changes
+
+
+def test_the_runtime_purges_finished_ledger_entries_every_housekeeping_period(
+    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+) -> None:
+    # Given finished and in-flight ledger entries written long ago
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("box")), clock)
+    store = rt.store
+    assert isinstance(store, MemoryStore)
+    store._clock = lambda: 0.0  # entries dated 1970: far past LedgerRetention
+    store.create_entry("box", "old-done", LedgerState.DONE)
+    store.create_entry("box", "old-staged", LedgerState.STAGED)
+    store._clock = time.time
+    # When less than a housekeeping period passes, nothing is purged; after it, finished ones go
+    rt.tick()
+    settle(rt)
+    advance(rt, clock, standalone.HOUSEKEEPING_PERIOD - 10, 10)
+    assert store.get_entry("box", "old-done") is not None
+    advance(rt, clock, 20, 10)
+    assert store.get_entry("box", "old-done") is None
+    assert store.get_entry("box", "old-staged") is not None
