@@ -27,6 +27,7 @@ from celery import Celery
 from kombu import Queue
 
 from router.config import Settings, SystemConfiguration
+from router.memtune import limit_malloc_arenas
 from workers.context import system_of
 
 QUEUES = ("incoming", "outgoing", "crm")
@@ -95,5 +96,6 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 #: The application the ``celery`` command runs.
 app = create_app()
+limit_malloc_arenas()  # before the pools start threads: see router.memtune
 
 import workers.signals  # noqa: E402,F401  (connects the worker/beat signal handlers)

@@ -49,6 +49,7 @@ from router.config import (
 from router.crm.base import CrmAdapter
 from router.errors import ConfigError, RouterError, StopError
 from router.logsetup import configure_logging, log_context
+from router.memtune import limit_malloc_arenas
 from router.models import Direction
 from router.service import Context
 from router.state.base import Lease, StateStore
@@ -581,6 +582,7 @@ def main(
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> int:
     """``email-router run``: returns the exit code (exits hard if a cycle is stuck)."""
+    limit_malloc_arenas()  # before the thread pool starts: see router.memtune
     settings = load_settings()
     runtime = open_runtime(config_path, state_url, settings=settings, shutdown_grace=shutdown_grace)
     configure_logging(settings.log_level or runtime.config.system.log_level, settings.log_format)
