@@ -48,12 +48,15 @@ class ConfigFile:
         self.path, self.refresh_ms, self._clock = Path(path), refresh_ms, clock
         self._signature: Signature = None
         self._checked_at = float("-inf")
+        #: Modification time (epoch seconds) of the version last loaded; 0 before any.
+        self.loaded_mtime = 0.0
 
     def load(self) -> Configuration:
         """Read and validate the file now, and remember its version."""
         signature = file_signature(self.path)
         config = load_config(self.path)
         self._signature, self._checked_at = signature, self._clock()
+        self.loaded_mtime = signature[0] / 1e9 if signature else 0.0
         self.refresh_ms = config.system.config_refresh_period
         return config
 
@@ -98,6 +101,11 @@ class ContextHolder:
         self._file = ConfigFile(self.settings.config, clock=clock)
         self._slot: _Slot | None = None
         self._lock = threading.Lock()
+
+    @property
+    def loaded_mtime(self) -> float:
+        """Modification time of the configuration version the current context was built from."""
+        return self._file.loaded_mtime
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Context]:

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from celery import Task
@@ -165,17 +164,12 @@ def _paused(ctx: Context, instance: str) -> bool:
         return False
     if (stats.last_success or 0.0) > stopped_at or time.time() - stopped_at > STOP_PAUSE:
         return False
-    if _file_mtime(HOLDER.settings.config) > stopped_at:
+    # The version this worker has loaded, not the file on disk: a poll run with the old
+    # credentials after the file was fixed but before the reload would only stop again.
+    if HOLDER.loaded_mtime > stopped_at:
         return False
     log.info("%s: paused after %s", instance, stats.last_error)
     return True
-
-
-def _file_mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _poll(ctx: Context, name: str) -> Summary:

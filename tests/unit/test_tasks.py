@@ -34,10 +34,17 @@ from workers.app import (
 from workers.context import ContextHolder
 
 
-def config_xml(address: str, *, enabled: bool = True, extra: str = "", refresh: int = 100) -> str:
+def config_xml(
+    address: str,
+    *,
+    enabled: bool = True,
+    extra: str = "",
+    refresh: int = 100,
+    state: str = "memory://",
+) -> str:
     return f"""<Configuration>
   <SystemConfiguration><MaxThreadExecution>20000</MaxThreadExecution>
-    <ConfigRefreshPeriod>{refresh}</ConfigRefreshPeriod><StateStore>memory://</StateStore>
+    <ConfigRefreshPeriod>{refresh}</ConfigRefreshPeriod><StateStore>{state}</StateStore>
   </SystemConfiguration>
   <Deployment Name="crm"><Adapter>memory</Adapter><CrmServerUrl>https://crm.example</CrmServerUrl>
   </Deployment>
@@ -378,10 +385,12 @@ def test_worker_survives_kombu_failing_to_close_a_collected_broker_channel(
     )
 
 
-def test_an_instance_whose_credentials_were_refused_waits_for_the_file_to_change(
-    world: World, monkeypatch: pytest.MonkeyPatch
+def test_an_instance_whose_credentials_were_refused_waits_for_the_fixed_file_to_be_loaded(
+    world: World, tmp_path: Path
 ) -> None:
-    world.write(refresh=60_000)  # keep this memory store: no reload mid-test
+    # Given a state store that survives the worker reloading its configuration
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    world.write(refresh=1000, state=state)
     world.box.append(message(1))
     MEMORY_CRMS["crm"] = MemoryCrm()
     crm_fault(world, CrmAuthError("token refused"))
@@ -391,11 +400,17 @@ def test_an_instance_whose_credentials_were_refused_waits_for_the_file_to_change
     assert tasks.deliver("box") is None
     assert tasks.poll("box") is None
     assert len(world.crm.calls) == calls
-    # the operator fixes the file: the instance works again
+    # the operator fixes the file; until this worker has loaded it, it stays paused (running
+    # with the old configuration would only be refused again and pause it for good)
     world.crm.fault = None
     time.sleep(0.01)
-    world.path.write_text(world.path.read_text() + "\n")
-    assert tasks.deliver("box")["delivered"] == 1
+    world.write(refresh=1000, state=state)
+    assert tasks.deliver("box") is None
+    assert len(world.crm.calls) == calls
+    # once the refresh period has passed, the new version is loaded and the instance works
+    time.sleep(1.1)
+    result = tasks.deliver("box")
+    assert result is not None and result["delivered"] == 1
 
 
 def test_a_paused_instance_tries_again_after_the_longest_pause(
