@@ -107,17 +107,29 @@ def _sender(port: int, crm_path: Path, state_path: Path) -> subprocess.Popen[byt
     return subprocess.Popen(args, cwd=ROOT)
 
 
+def _stored(sink: Any) -> int:
+    """How many messages the sink process has stored (file names only: cheap to poll)."""
+    return sum(1 for _ in sink.store.glob("*.json"))
+
+
 def _run_and_kill(sink: Any, crm_path: Path, state_path: Path, rng: random.Random) -> int:
-    """Start a sender, wait until it is sending, SIGKILL it a random moment later: 1 if done."""
-    before = len(sink.messages())
+    """Start a sender, let it send a random few emails, SIGKILL it then: 1 if the kill landed.
+
+    The kill point follows progress at the sink, not the clock, so it lands mid-batch whatever
+    the machine's speed (a time-based delay let a fast machine drain the CRM in a few runs).
+    """
+    before = _stored(sink)
+    target = before + rng.randint(1, 15)
     proc = _sender(sink.port, crm_path, state_path)
     try:
         sending = wait_for(
-            lambda: len(sink.messages()) > before or proc.poll() is not None, timeout=20
+            lambda: _stored(sink) >= target or proc.poll() is not None,
+            timeout=20,
+            interval=0.002,
         )
         if not sending or proc.poll() is not None:
             return 0
-        time.sleep(rng.uniform(0.0, 0.08))
+        time.sleep(rng.uniform(0.0, 0.004))  # anywhere within the next message's exchange
         if proc.poll() is not None:
             return 0
         proc.send_signal(signal.SIGKILL)
