@@ -22,6 +22,7 @@ Why this order keeps the invariants (DESIGN.md):
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -40,7 +41,7 @@ from router.models import (
     LedgerState,
     MessageRef,
 )
-from router.providers.base import IncomingProvider, InstanceState
+from router.providers.base import IncomingProvider, InstanceState, JsonDict
 from router.service import Context, delivery_target
 from router.state.base import Lease
 
@@ -130,9 +131,10 @@ def _run_poll(
         state = InstanceState(
             ctx.store.get_cursor(cfg.name), ctx.store.get_provider_state(cfg.name)
         )
+        loaded = copy.deepcopy(state.data)  # to save it only if the provider changed it
         refs = provider.list_new(state, cfg.max_message_count)
         report.listed = len(refs)
-        _stage_all(ctx, cfg, provider, state, refs, lease, report)
+        _stage_all(ctx, cfg, provider, (state, loaded), refs, lease, report)
         if deliver:
             _merge(report, deliver_staged(ctx, cfg.name))
             post_process(ctx, cfg, provider, report)
@@ -144,7 +146,7 @@ def _stage_all(
     ctx: Context,
     cfg: ProviderConfiguration,
     provider: IncomingProvider,
-    state: InstanceState,
+    states: tuple[InstanceState, JsonDict],
     refs: Sequence[MessageRef],
     lease: Lease,
     report: CycleReport,
@@ -167,7 +169,7 @@ def _stage_all(
         try:  # what arrived before a failure (a dropped connection) is kept
             _stage_group(ctx, cfg, group, report, done)
         finally:
-            _save_cursor(ctx, provider, state, _prefix(refs, done), lease)
+            _save_cursor(ctx, provider, states, _prefix(refs, done), lease)
 
 
 def _stage_group(
@@ -229,14 +231,16 @@ def _prefix(refs: Sequence[MessageRef], done: Sequence[MessageRef]) -> list[Mess
 def _save_cursor(
     ctx: Context,
     provider: IncomingProvider,
-    state: InstanceState,
+    states: tuple[InstanceState, JsonDict],
     refs: Sequence[MessageRef],
     lease: Lease,
 ) -> None:
+    """Save the cursor and the provider state if they changed (``states``: now, as loaded)."""
+    state, loaded = states
     cursor = provider.advance(state, refs)
     if cursor != state.cursor:
         ctx.store.set_cursor(lease, cursor)
-    if state.data != ctx.store.get_provider_state(lease.instance):
+    if state.data != loaded:  # compared with what was loaded: no read back per poll
         ctx.store.set_provider_state(lease, state.data)
 
 

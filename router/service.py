@@ -52,14 +52,25 @@ class Context:
     settings: Settings = field(default_factory=Settings)
     _crms: dict[str, CrmAdapter] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: (configuration, its instances by name): a lookup per cycle was a scan of every instance
+    _index: tuple[Configuration | None, dict[str, ProviderConfiguration]] = field(
+        default_factory=lambda: (None, {})
+    )
 
     @property
     def holder(self) -> str:
         return default_holder()
 
     def instance(self, name: str) -> ProviderConfiguration:
+        config, by_name = self._index
+        if config is not self.config:  # first use, or the configuration was reloaded
+            config = self.config
+            by_name = {p.name: p for p in config.providers}
+            self._index = (config, by_name)
+        if name in by_name:
+            return by_name[name]
         try:
-            return self.config.provider(name)
+            return config.provider(name)  # not there: its KeyError names the known ones
         except KeyError as exc:
             raise ConfigError(str(exc.args[0])) from None
 
