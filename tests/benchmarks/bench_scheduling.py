@@ -157,7 +157,12 @@ def main() -> int:
             f"with {args.instances} instances",
             flush=True,
         )
-        with ProcessSampler(beat.pid) as beat_use, ProcessSampler(worker.pid) as worker_use:
+        with (
+            ProcessSampler(beat.pid) as beat_use,
+            ProcessSampler(worker.pid) as worker_use,
+            common.spying(beat.pid, "scheduling-beat", args.profile),
+            common.spying(worker.pid, "scheduling-worker", args.profile),
+        ):
             time.sleep(args.duration)
             _stop(beat)
             time.sleep(5)  # let the worker start what beat sent last
