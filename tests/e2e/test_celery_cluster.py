@@ -146,8 +146,10 @@ def test_workers_killed_repeatedly_lose_and_duplicate_nothing(
 def test_a_second_beat_causes_no_concurrent_polls_and_no_duplicates(
     world: ClusterWorld, celery_procs: CeleryProcs
 ) -> None:
-    # Given two beats started by mistake, scheduling every poll twice
+    # Given two beats started by mistake, scheduling every poll twice (polls last >= 0.3 s, so
+    # the twin tasks of one period meet whatever the machine's speed)
     world.poll_ms = 400
+    world.hold = 0.3
     world.add_mailboxes(4, 60)
     world.write_config()
     celery_procs.worker("w1", concurrency=3)

@@ -22,9 +22,12 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS sessions (
 
 
 class AuditedOptions(ImapOptions):
-    """ImapOptions plus the audit database path."""
+    """ImapOptions plus the audit database path, and how long to keep each session open."""
 
     audit: str
+    #: Seconds each session stays open after login: widens polls so that twin tasks (two beats)
+    #: meet on the lease even on a fast, idle machine.
+    hold: float = 0.0
 
 
 @contextlib.contextmanager
@@ -52,6 +55,7 @@ class AuditedImapProvider(ImapProvider):
                 (self.name, os.getpid(), time.time()),
             )
             self._row = cur.lastrowid
+        time.sleep(self.options.hold)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         super().close()

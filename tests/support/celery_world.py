@@ -45,6 +45,8 @@ class ClusterWorld:
     poll_ms: int = 700
     refresh_ms: int = 1000
     lease_ms: int = 10_000
+    #: Seconds each incoming session stays open (AuditedImapProvider's ``hold``).
+    hold: float = 0.0
     instances: list[Instance] = field(default_factory=list)
     sent_subjects: list[str] = field(default_factory=list)
     #: ``<Deployment Name="test">`` of another CRM (the Dataverse simulator); default: FileCrm.
@@ -149,7 +151,8 @@ class ClusterWorld:
     <MaxMessageCount>100</MaxMessageCount>
     <AfterProcessing>seen</AfterProcessing>
     <Enabled>{str(inst.enabled).lower()}</Enabled>
-    <Parameters><Parameter Name="audit">{self.audit}</Parameter></Parameters>
+    <Parameters><Parameter Name="audit">{self.audit}</Parameter>
+      <Parameter Name="hold">{self.hold}</Parameter></Parameters>
   </ProviderConfiguration>"""
 
     # -- questions --------------------------------------------------------------------------------
