@@ -42,6 +42,10 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_state_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+
+
 # Each entry registers one subcommand; helpers append to this list.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
@@ -93,7 +97,7 @@ def _add_poll(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("poll", help="run one poll cycle of an incoming instance in the foreground")
     p.add_argument("name", help="ProviderConfiguration Name of an incoming instance")
     _add_config_arg(p)
-    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    _add_state_arg(p)
     p.add_argument(
         "--no-deliver",
         action="store_true",
@@ -123,7 +127,7 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("send", help="run one send cycle of an outgoing instance in the foreground")
     p.add_argument("name", help="ProviderConfiguration Name of an outgoing instance")
     _add_config_arg(p)
-    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    _add_state_arg(p)
     p.set_defaults(func=cmd_send)
 
 
@@ -140,7 +144,7 @@ REGISTRARS.append(_add_send)
 def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("quarantine", help="list, show, replay or drop quarantined messages")
     _add_config_arg(p)
-    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    _add_state_arg(p)
     p.add_argument("action", choices=["list", "show", "replay", "drop"])
     p.add_argument("instance", nargs="?", help="instance name (list: optional filter)")
     p.add_argument("key", nargs="?", help="ledger key of the message (show/replay/drop)")
@@ -184,7 +188,7 @@ REGISTRARS.append(_add_validate)
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run every instance in this process (SQLite state, no Redis)")
     _add_config_arg(p)
-    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    _add_state_arg(p)
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     p.add_argument(
         "--metrics-port",
@@ -224,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show every instance: last poll, backlog, errors, lease")
     _add_config_arg(p)
-    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    _add_state_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_status)
 
@@ -244,7 +248,7 @@ def _add_state(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("action", choices=["show", "reset"])
     p.add_argument("name", nargs="?", help="instance name (ProviderConfiguration Name)")
     _add_config_arg(p)
-    p.add_argument("--state", metavar="URL", help="state store URL (overrides the config)")
+    _add_state_arg(p)
     p.add_argument("--all", action="store_true", help="show: every instance")
     p.add_argument("--json", action="store_true", help="show: print JSON, nothing truncated")
     p.add_argument("--yes", action="store_true", help="reset: confirm")
