@@ -1,7 +1,8 @@
 """Safe parsing and complete checking of the XML configuration file.
 
-:func:`check_file` is what :func:`router.config.load_config` runs. It works in four passes and
-collects every problem before giving up, so one run of ``email-router validate`` shows them all:
+:func:`load_config` is how every runtime and command reads the file (the models are in
+:mod:`router.config`). Its :func:`check_file` works in four passes and collects every problem
+before giving up, so one run of ``email-router validate`` shows them all:
 
 1. **Parse safely** (:mod:`router.xmlsafe`): any DTD, entity declaration or external entity is
    refused at the ``<!DOCTYPE`` itself, before anything is declared, expanded or fetched; lxml
@@ -13,6 +14,14 @@ collects every problem before giving up, so one run of ``email-router validate``
 4. **Meaning.** Duplicate names, Deployment references, provider classes (through the registry),
    Direction against the class, the provider's ``<Parameters>`` options, and every secret source.
 
+Settings carried over from the original router's file are taken as they are (numeric
+``<LogLevel>``, ``<LogFile>`` - a relative path is anchored beside the file, like ``File=``) or
+mapped (``<ProviderOverrides>``: :func:`router.config.apply_overrides`).
+
+Then :mod:`router.configwarnings` looks for what is valid but unsafe (inline secrets in a file
+readable by everyone) or without effect here (the original's ``<ConfigUpdatePeriod>``, most
+``<ProviderOverrides>``); those are warnings, returned, never raised.
+
 Every problem reads ``FILE:LINE: <Element>: what is wrong``. No message ever contains a secret:
 values are quoted only for plain settings, never for secret elements.
 """
@@ -20,32 +29,42 @@ values are quoted only for plain settings, never for secret elements.
 from __future__ import annotations
 
 import difflib
-import os
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, get_args
+from typing import Any, TypeAlias, TypeVar, get_args
 
 from lxml import etree
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_xml import BaseXmlModel
-from pydantic_xml.fields import EntityLocation, XmlEntityInfo
+from pydantic_xml.fields import XmlEntityInfo
+from pydantic_xml.typedefs import EntityLocation
 
 from router import xmlsafe
 from router.config import (
+    OVERRIDE_SETTINGS,
     Configuration,
     Deployment,
+    EmailServerProfile,
     ProviderConfiguration,
     Secret,
     SystemConfiguration,
+    apply_overrides,
     mask_url,
+    secret_problem,
 )
+from router.configwarnings import file_warnings, instance_warnings, original_setting_warnings
 from router.errors import ConfigError
+from router.mailboxes import ProfileCredentials, sample_instance
+from router.models import Direction
+from router.providers.base import Provider, option_names
+from router.providers.registry import resolve
 
-if TYPE_CHECKING:
-    from router.providers.base import Provider
+# the warnings of a loaded file keep the logger name they always had (log filters use it)
+log = logging.getLogger("router.config")
 
 Element: TypeAlias = etree._Element
 M = TypeVar("M", bound=BaseXmlModel)
@@ -55,6 +74,7 @@ TOP_LEVEL: dict[str, type[BaseXmlModel]] = {
     "SystemConfiguration": SystemConfiguration,
     "Deployment": Deployment,
     "ProviderConfiguration": ProviderConfiguration,
+    "EmailServerProfile": EmailServerProfile,
 }
 
 
@@ -67,6 +87,7 @@ class Problem:
     text: str
 
     def format(self, file: str) -> str:
+        """The line users see: ``FILE:LINE: <Element>: problem``."""
         return f"{file}:{self.line}: <{self.element}>: {self.text}"
 
 
@@ -77,6 +98,7 @@ class Problems:
     items: list[Problem] = field(default_factory=list)
 
     def add(self, el: Element, text: str, element: str | None = None) -> None:
+        """Report ``text`` at ``el``'s line (named ``element`` when given, else by its tag)."""
         problem = Problem(el.sourceline or 0, element or _tag(el), text)
         if problem not in self.items:  # structure and binding may both see a missing element
             self.items.append(problem)
@@ -86,6 +108,7 @@ class Problems:
         return any(p.line == el.sourceline and p.element == _tag(el) for p in self.items)
 
     def raise_if_any(self, file: str) -> None:
+        """Raise one ConfigError listing every problem, sorted by line, if there is any."""
         if self.items:
             lines = [p.format(file) for p in sorted(self.items)]
             # The message lists them too: runtimes log str(exc) when a reload fails.
@@ -93,8 +116,32 @@ class Problems:
             raise ConfigError(summary, lines)
 
 
-def check_file(path: Path) -> Configuration:
-    """Load ``path``; raise ConfigError listing every problem (see the module docstring)."""
+def load_config(path: Path, *, warnings: list[str] | None = None) -> Configuration:
+    """Parse and check the configuration file at ``path``: what every runtime starts with.
+
+    Refuses DTDs and entities, checks every element, value, reference, provider class, provider
+    ``<Parameters>`` and secret source, and raises :class:`~router.errors.ConfigError` whose
+    ``problems`` lists all of them as ``FILE:LINE: <Element>: what is wrong``.
+
+    Warnings (e.g. inline secrets in a file readable by everyone) do not stop anything: they are
+    appended to ``warnings`` when the caller shows them itself (``validate``), else logged, so
+    every runtime (``run``, Celery workers, beat) reports them when it loads the file.
+    """
+    found: list[str] = []
+    config = check_file(Path(path), found)
+    if warnings is not None:
+        warnings.extend(found)
+        return config
+    for line in found:
+        log.warning("%s", line)
+    return config
+
+
+def check_file(path: Path, warnings: list[str] | None = None) -> Configuration:
+    """Load ``path``; raise ConfigError listing every problem (see the module docstring).
+
+    Warnings about a valid file are appended to ``warnings`` when it is given.
+    """
     file = str(path)
     root = parse_safely(_read(path), file)
     if root.tag != "Configuration":
@@ -104,12 +151,17 @@ def check_file(path: Path) -> Configuration:
             f"the root element must be <Configuration>, not <{root.tag}>",
         )
     anchor_secret_files(root, path.parent)
+    anchor_log_file(root, path.parent)
     problems = Problems()
     check_structure(root, Configuration, problems)
     bound = {tag: _bind_all(root, tag, model, problems) for tag, model in TOP_LEVEL.items()}
     config = _assemble(bound, problems)
     problems.raise_if_any(file)
     assert config is not None  # no problems means every element was bound
+    if warnings is not None:
+        warnings.extend(file_warnings(path, root))
+        warnings.extend(original_setting_warnings(path, root))
+        warnings.extend(instance_warnings(path, root, config))
     return config
 
 
@@ -122,6 +174,14 @@ def anchor_secret_files(root: Element, base: Path) -> None:
         value = el.get("File")
         if value and not Path(value).is_absolute():
             el.set("File", str((base / value).resolve()))
+
+
+def anchor_log_file(root: Element, base: Path) -> None:
+    """Make a relative ``<LogFile>`` relative to the configuration file, as ``File=`` secrets."""
+    for el in root.iter("LogFile"):
+        value = (el.text or "").strip()
+        if value and not Path(value).is_absolute():
+            el.text = str((base / value).resolve())
 
 
 # -- pass 1: parsing ----------------------------------------------------------------------------
@@ -171,6 +231,7 @@ class Shape:
 
     @staticmethod
     def of(model: type[BaseXmlModel]) -> Shape:
+        """The shape of ``model`` from its pydantic-xml fields."""
         attrs, elements, text = {}, {}, None
         for name, info in model.model_fields.items():
             xml = _xml_info(info)
@@ -305,12 +366,19 @@ def _report(el: Element, model: type[BaseXmlModel], error: Any, problems: Proble
         problems.add(node, f"missing required {_describe_missing(missing)}")
         return
     text = _humanize(error)
+    if not error["loc"]:  # a rule across fields names its element first: "<EmailSecurity> ..."
+        _report_at_element(Bound(node, None), text, problems)
+        return
     if missing and missing.endswith("="):  # an attribute: say which
         text = f"{missing} {text}"
     value = error.get("input")
     if isinstance(value, str) and node_model is not Secret:
-        text += f" (got {mask_url(value)!r})"  # a StateStore URL may carry a password
+        text += f" (got {_clip(mask_url(value))!r})"  # a StateStore URL may carry a password
     problems.add(node, text)
+
+
+def _clip(value: str, width: int = 80) -> str:
+    return value if len(value) <= width else value[: width - 3] + "..."
 
 
 def _describe_missing(missing: str | None) -> str:
@@ -371,6 +439,9 @@ def _assemble(bound: dict[str, list[Bound]], problems: Problems) -> Configuratio
     # Names from the elements, so a Deployment with a bad value is still known by name.
     names = list(dict.fromkeys(n for d in deployments if (n := d.el.get("Name")) is not None))
     resolved = [_check_provider(p, names, problems) for p in providers]
+    for system_item in systems:
+        _check_log_file(system_item, problems)
+    _check_profiles(bound["EmailServerProfile"], deployments, problems)
     if problems.items:
         return None
     system = systems[0].model if systems else SystemConfiguration()
@@ -378,7 +449,56 @@ def _assemble(bound: dict[str, list[Bound]], problems: Problems) -> Configuratio
         system=system,
         deployments=tuple(d.model for d in deployments),
         providers=tuple(p for p in resolved if p is not None),
+        profiles=tuple(p.model for p in bound["EmailServerProfile"]),
     )
+
+
+def _check_profiles(profiles: list[Bound], deployments: list[Bound], problems: Problems) -> None:
+    """Profile names, secrets and classes; each ``<LoadMailboxes Profile=…>`` names one."""
+    _check_unique(profiles, "EmailServerProfile", problems)
+    by_name = {p.el.get("Name"): p for p in profiles}
+    used: dict[str, set[Direction]] = {}
+    for dep in deployments:
+        for el in dep.el.iter("LoadMailboxes"):
+            name = el.get("Profile") or ""
+            if name not in by_name:
+                known = ", ".join(repr(n) for n in by_name) or "none"
+                problems.add(el, f"unknown EmailServerProfile {name!r} (defined: {known})")
+        for load in dep.model.load_mailboxes if dep.model is not None else ():
+            used.setdefault(load.profile, set()).update(load.directions)
+    for item in profiles:
+        if item.model is not None:
+            _check_secret(item, "EmailPassword", item.model.email_password, problems)
+            _check_secret(item, "MailboxCredentials", item.model.mailbox_credentials, problems)
+            for direction in sorted(used.get(item.model.name, ()), key=lambda d: d.value):
+                _check_profile_direction(item, direction, problems)
+
+
+def _check_profile_direction(item: Bound, direction: Direction, problems: Problems) -> None:
+    """Build the instance a mailbox would get, and check it as a hand-written one is checked."""
+    profile: EmailServerProfile = item.model
+    tag = "IncomingProviderClass" if direction is Direction.INCOMING else "OutgoingProviderClass"
+    try:
+        ProfileCredentials(profile)  # per-mailbox credentials: readable, a JSON object
+    except ConfigError as exc:
+        problems.add(item.child("MailboxCredentials"), str(exc).split(": ", 1)[-1])
+    try:
+        cfg = sample_instance(profile, direction)
+    except ValidationError as exc:  # e.g. cleartext passwords: say it in the profile's words
+        side = direction.value
+        for error in exc.errors():
+            text = _humanize(error)
+            for own in ("Server", "Port", "Security"):  # the instance's element -> the profile's
+                text = text.replace(f"<Email{own}>", f"<{side}{own}>")
+            problems.add(item.el, f"{side} instances would be invalid: {text}")
+        return
+    try:
+        cls = resolve(cfg.provider_class, direction.value)
+    except ConfigError as exc:
+        problems.add(item.child(tag), str(exc))
+        return
+    if not problems.about(item.el):
+        _check_against_class(item, cfg, cls, problems)
 
 
 def _check_unique(items: list[Bound], tag: str, problems: Problems) -> None:
@@ -400,12 +520,40 @@ def _check_provider(
     _check_parameter_names(item, problems)
     if item.model is None:
         return None
-    cfg: ProviderConfiguration = item.model
+    cfg: ProviderConfiguration = _check_overrides(item, item.model, problems)
     cfg = _check_deployment_ref(item, cfg, deployments, problems)
     _check_secret(item, "EmailPassword", cfg.email_password, problems)
     if cls is not None:
         _check_against_class(item, cfg, cls, problems)
     return cfg
+
+
+def _check_overrides(
+    item: Bound, cfg: ProviderConfiguration, problems: Problems
+) -> ProviderConfiguration:
+    """Apply ``<ProviderOverrides>``; a setting given both there and directly is refused."""
+    block = item.child("ProviderOverrides")
+    if block is item.el:
+        return cfg
+    for tag, (_, _, own_tag) in OVERRIDE_SETTINGS.items():
+        override = next((c for c in _children(block) if c.tag == tag), None)
+        own = item.child(own_tag)
+        if override is not None and own is not item.el:
+            problems.add(
+                override,
+                f"sets <{own_tag}>, which this instance also gives (line {own.sourceline}): "
+                "keep one of them",
+            )
+    return apply_overrides(cfg)
+
+
+def _check_log_file(item: Bound, problems: Problems) -> None:
+    system: SystemConfiguration | None = item.model
+    if system is None or system.log_file is None:
+        return
+    folder = Path(system.log_file).parent
+    if not folder.is_dir():
+        problems.add(item.child("LogFile"), f"the folder {str(folder)!r} does not exist")
 
 
 def _check_deployment_ref(
@@ -426,14 +574,12 @@ def _check_deployment_ref(
 
 
 def _resolve_class(item: Bound, problems: Problems) -> type[Provider] | None:
-    from router.providers.registry import resolve
-
     el = item.child("ProviderClass")
     name = el.text if el is not item.el else None
     if not name:
         return None  # reported as missing or empty by the earlier passes
     try:
-        return resolve(name)
+        return resolve(name, item.child("Direction").text)  # "graph" names a class per direction
     except ConfigError as exc:
         problems.add(el, str(exc))
     except Exception as exc:  # a plug-in that fails to import must not crash validation
@@ -451,9 +597,14 @@ def _check_against_class(
         )
         problems.add(item.child("Direction"), text)
     try:
+        model = cls.model_of_options()
+    except ConfigError as exc:
+        problems.add(item.child("ProviderClass"), str(exc))
+        return
+    try:
         cls.parse_options(cfg)
     except ConfigError as exc:
-        allowed = _option_names(cls.options_model)
+        allowed = option_names(model)
         for text in exc.problems:
             _report_parameter(item, text, allowed, problems)
         return
@@ -469,7 +620,7 @@ def _check_construction(
         cls(cfg)
     except ConfigError as exc:
         for text in exc.problems:
-            _report_provider_problem(item, text.removeprefix(f"{cfg.name}: "), problems)
+            _report_at_element(item, text.removeprefix(f"{cfg.name}: "), problems)
     except Exception as exc:
         problems.add(item.el, f"provider {cfg.provider_class!r} rejects this instance: {exc}")
 
@@ -477,7 +628,7 @@ def _check_construction(
 _ELEMENT_FIRST = re.compile(r"^<(?P<tag>\w+)> (?P<text>.*)$", re.S)
 
 
-def _report_provider_problem(item: Bound, text: str, problems: Problems) -> None:
+def _report_at_element(item: Bound, text: str, problems: Problems) -> None:
     """Point ``"<AfterProcessing> 'x' is not possible"`` at that element when it is present."""
     match = _ELEMENT_FIRST.match(text)
     if match is None:
@@ -485,10 +636,6 @@ def _report_provider_problem(item: Bound, text: str, problems: Problems) -> None
         return
     el = item.child(match["tag"])
     problems.add(el, match["text"] if el is not item.el else text)
-
-
-def _option_names(options_model: type[BaseModel]) -> list[str]:
-    return [info.alias or name for name, info in options_model.model_fields.items()]
 
 
 _PARAMETER_PROBLEM = re.compile(r"^<Parameter Name='(?P<name>[^']*)'>: (?P<text>.*)$", re.S)
@@ -536,32 +683,3 @@ def _check_secret(item: Bound, tag: str, secret: Secret | None, problems: Proble
     text = secret_problem(secret)
     if text:
         problems.add(el, text)
-
-
-def secret_problem(secret: Secret) -> str | None:
-    """What is wrong with where ``secret`` comes from, or None; never includes the value."""
-    if secret.env and secret.file:
-        return "use Env= or File=, not both"
-    if (secret.env or secret.file) and (secret.value or "").strip():
-        return "has both inline text and Env=/File=: use one"
-    if secret.env:
-        if secret.env not in os.environ:
-            return f"environment variable {secret.env} is not set (export {secret.env}=...)"
-        return (
-            None
-            if os.environ[secret.env].strip()
-            else f"environment variable {secret.env} is empty"
-        )
-    if secret.file:
-        return _file_problem(secret.file)
-    return None if (secret.value or "").strip() else "is empty (give the secret, Env= or File=)"
-
-
-def _file_problem(path: str) -> str | None:
-    try:
-        content = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        return f"cannot read secret file {path!r}: {exc.strerror or type(exc).__name__}"
-    except UnicodeDecodeError:
-        return f"secret file {path!r} is not UTF-8 text"
-    return None if content.strip() else f"secret file {path!r} is empty"

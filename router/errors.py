@@ -41,6 +41,12 @@ class QuarantineError(RouterError):
     """Raised when one message cannot be processed; it is set aside with this reason."""
 
 
+class AuthError(StopError):
+    """Raised when an identity provider or a server refuses the credentials (or the TLS
+    certificate); the instance stops until someone fixes them. CRM, mail and token-endpoint
+    errors of this kind derive from it."""
+
+
 class ConfigError(StopError):
     """Raised when the configuration file or the environment is invalid.
 
@@ -60,7 +66,7 @@ class ProviderUnavailable(ProviderError, RetryableError):
     """Raised when the mail server cannot be reached or dropped the connection."""
 
 
-class ProviderAuthError(ProviderError, StopError):
+class ProviderAuthError(ProviderError, AuthError):
     """Raised when the mail server refuses the credentials or the TLS certificate."""
 
 
@@ -84,7 +90,7 @@ class CrmRejected(CrmError, QuarantineError):
     """Raised when the CRM refuses one record for good (400/403/404/412)."""
 
 
-class CrmAuthError(CrmError, StopError):
+class CrmAuthError(CrmError, AuthError):
     """Raised when the CRM refuses the credentials even after a token refresh."""
 
 

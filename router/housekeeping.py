@@ -1,9 +1,10 @@
 """Housekeeping: forget finished ledger entries once they are older than LedgerRetention.
 
-Finished entries (incoming DONE / SKIPPED, outbound SENT / FAILED) are kept for a while so a
-repeated listing (a UIDVALIDITY reset, a CRM that still shows an email as pending) is recognised;
-after ``<LedgerRetention>`` they only cost memory. Entries still in flight (STAGED, DELIVERED
-awaiting post-processing, QUARANTINED, CLAIMED, SUBMITTED, RETRY) are never purged here.
+Finished entries (:data:`router.ledger.FINISHED`: incoming DONE / SKIPPED, outbound SENT /
+FAILED) are kept for a while so a repeated listing (a UIDVALIDITY reset, a CRM that still shows
+an email as pending) is recognised; after ``<LedgerRetention>`` they only cost memory. Entries
+still in flight (STAGED, DELIVERED awaiting post-processing, QUARANTINED, CLAIMED, SUBMITTED,
+RETRY) are never purged here.
 """
 
 from __future__ import annotations
@@ -11,12 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from router.models import LedgerState
-from router.service import Context
-
-#: Ledger namespace of outbound claims (router.outgoing.OUTBOUND).
-OUTBOUND = "_outbound"
-FINISHED = (LedgerState.DONE, LedgerState.SKIPPED, LedgerState.SENT, LedgerState.FAILED)
+from router.context import Context
+from router.ledger import OUTBOUND, purge_finished
 
 
 @dataclass
@@ -27,6 +24,7 @@ class HousekeepingReport:
 
     @property
     def total(self) -> int:
+        """Entries purged over every instance."""
         return sum(self.purged.values())
 
 
@@ -37,7 +35,7 @@ def housekeeping(ctx: Context, *, now: float | None = None) -> HousekeepingRepor
     report = HousekeepingReport()
     names = set(ctx.store.instances()) | {p.name for p in ctx.config.providers} | {OUTBOUND}
     for name in sorted(names):
-        purged = ctx.store.purge(name, FINISHED, cutoff)
+        purged = purge_finished(ctx.store, name, cutoff)
         if purged:
             report.purged[name] = purged
     return report

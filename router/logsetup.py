@@ -8,6 +8,11 @@ the single-process runtime and the Celery worker call :func:`configure_logging` 
   passwords), in the message, its arguments and the formatted traceback, so a password logged by
   mistake never reaches the output. It also stamps ``instance`` and ``message_id`` from
   :func:`log_context` onto the record.
+  Records of the protocol libraries (:data:`WIRE_LOGGERS`: imaplib's traffic as imapclient logs
+  it, and any poplib/smtplib/aiosmtpd logger) are protocol payload, not prose: whatever their
+  content, they are reduced by :func:`wire_summary` to their leading protocol words (tag, verb,
+  numbers, literal sizes) and the number of characters withheld, so a fetched body, an ``AUTH``
+  line or an XOAUTH2 string never reaches a handler, whichever pattern it would have needed.
 * :class:`JsonFormatter` writes one JSON object per line for log collectors.
 
 Redaction lives here, in the logging layer, not at each call site (see STYLE.md, lesson 10).
@@ -19,6 +24,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import logging.handlers
 import re
 import sys
 from collections.abc import Iterator
@@ -28,6 +34,8 @@ from typing import IO, Any, Literal
 from router.errors import ConfigError
 
 MASK = "***"
+#: The level that lets nothing through (the original router's ``<LogLevel>0``), and its name.
+OFF, OFF_NAME = logging.CRITICAL + 1, "OFF"
 
 _INSTANCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("instance", default=None)
 _MESSAGE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("message_id", default=None)
@@ -57,7 +65,56 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # scheme://user:password@host
     (re.compile(r"(://[^/@:\s]*:)[^/@\s]+@"), rf"\1{MASK}@"),
+    # an XOAUTH2 string in base64 on its own ("user=..." encodes to "dXNlcj...")
+    (re.compile(r"\bdXNlcj[A-Za-z0-9+/]{8,}={0,2}"), MASK),
 )
+
+#: Loggers that carry protocol traffic: imapclient routes every line imaplib sends and receives
+#: (fetched bodies included) to ``imapclient.imaplib``; the others are here so that enabling a
+#: library's debug output through logging can never bypass :func:`wire_summary`.
+WIRE_LOGGERS = ("imapclient", "imaplib", "poplib", "smtplib", "mail.log")
+#: Verbs after which the rest of a line is a credential (IMAP, POP3, SMTP).
+_CREDENTIAL_VERBS = frozenset({"LOGIN", "AUTHENTICATE", "AUTH", "PASS", "APOP"})
+#: A protocol word: marker, tag or verb in capitals, number or UID set, literal size ``{123}``.
+_PROTOCOL_WORD = re.compile(r"[<>*+]|[A-Z][A-Z0-9.=-]{0,31}|[0-9][0-9:,*]{0,63}|\{[0-9]{1,12}\+?\}")
+_WORD_LIMIT, _SCAN_LIMIT = 10, 300
+
+
+def wire_summary(text: str) -> str:
+    """Reduce one protocol-traffic record to its leading protocol words and its size.
+
+    ``> b'A1 UID FETCH 1:3 (BODY.PEEK[])'`` stays whole (``> A1 UID FETCH 1:3 BODY.PEEK``); a
+    quoted string, a mailbox name, a lower-case word or anything after ``LOGIN``/``AUTH``/``PASS``
+    ends the summary and the rest is only counted. The first word may be a plain identifier, so
+    ``untagged_responses[FETCH] 0 += [...]`` keeps its name. Cost: the first 300 characters.
+    """
+    tokens = _BYTES_REPR.sub(r"\1\3", text[:_SCAN_LIMIT], count=1).split()
+    words = _wire_words(tokens)
+    complete = len(words) == len(tokens) and len(text) <= _SCAN_LIMIT
+    return " ".join(words) if complete else f"{' '.join(words)} [{len(text)} chars, withheld]"
+
+
+def _wire_words(tokens: list[str]) -> list[str]:
+    words: list[str] = []
+    for token in tokens[:_WORD_LIMIT]:
+        word = token.strip("()[]")
+        first = not words and _IDENTIFIER.fullmatch(token)
+        if not (first or _PROTOCOL_WORD.fullmatch(word)):
+            break
+        words.append(token if first else word)
+        if word in _CREDENTIAL_VERBS:
+            break
+    return words
+
+
+#: ``> b'...'`` as imaplib logs a line: the marker, then the bytes' repr (unwrapped to its text).
+_BYTES_REPR = re.compile(r"^(\s*[<>]?\s*)b(['\"])(.*?)(?:\\r\\n)?\2?$", re.S)
+_IDENTIFIER = re.compile(r"[A-Za-z_]{1,40}(\[[A-Z0-9.-]{0,32}\])?")
+
+
+def is_wire_logger(name: str) -> bool:
+    """True for a logger in (or under) :data:`WIRE_LOGGERS`."""
+    return any(name == w or name.startswith(w + ".") for w in WIRE_LOGGERS)
 
 
 def redact(text: str) -> str:
@@ -91,7 +148,8 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "_redacted", False):
-            record.msg = redact(record.getMessage())
+            text = record.getMessage()
+            record.msg = wire_summary(text) if is_wire_logger(record.name) else redact(text)
             record.args = None
             if record.exc_info and not record.exc_text:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -156,21 +214,31 @@ def configure_logging(
     level: str = "INFO",
     fmt: Literal["text", "json"] = "text",
     stream: IO[str] | None = None,
+    log_file: str | None = None,
 ) -> logging.Handler:
     """Send the root logger's records to ``stream`` (stderr), redacted, as text or JSON.
 
-    Calling it again replaces the handler it installed before (idempotent for tests and
-    re-configuration); handlers installed by others are left alone. Returns the handler.
+    ``level`` is a level name or ``OFF`` (the original router's ``<LogLevel>0``: nothing at
+    all). With ``log_file`` (``<LogFile>``, an absolute path) the same records also go to that
+    file, appended, reopened when logrotate moves it. Calling it again replaces the handlers it
+    installed before (idempotent for tests and re-configuration); handlers installed by others
+    are left alone. Returns the stream handler.
     """
     numeric = _level(level)  # before touching anything: a bad level changes nothing
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_router_handler", False)]:
         root.removeHandler(old)
+        if isinstance(old, logging.FileHandler):
+            old.close()
     handler: logging.Handler = logging.StreamHandler(stream) if stream else _StderrHandler()
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    setattr(handler, "_router_handler", True)  # noqa: B010 - marks the handler we own
-    root.addHandler(handler)
+    handlers = [handler]
+    if log_file:
+        handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
+    for each in handlers:
+        each.addFilter(RedactingFilter())
+        each.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+        setattr(each, "_router_handler", True)  # noqa: B010 - marks the handlers we own
+        root.addHandler(each)
     root.setLevel(numeric)
     return handler
 
@@ -200,7 +268,10 @@ class _StderrHandler(logging.StreamHandler[IO[str]]):
 
 
 def _level(level: str) -> int:
-    value = logging.getLevelName(level.strip().upper())
+    name = level.strip().upper()
+    if name == OFF_NAME:
+        return OFF
+    value = logging.getLevelName(name)
     if not isinstance(value, int):
-        raise ConfigError(f"unknown log level {level!r} (use DEBUG, INFO, WARNING or ERROR)")
+        raise ConfigError(f"unknown log level {level!r} (use DEBUG, INFO, WARNING, ERROR or OFF)")
     return value

@@ -2,15 +2,20 @@
 
 Use the functions, not the metric objects, from runtime code:
 
-* :func:`record_cycle` - after every poll/send cycle: delivered/failed/quarantined counters and
-  the cycle-duration histogram, from the cycle's report (incoming ``CycleReport`` or the outgoing
-  report: any object with those integer attributes).
+* :func:`record_cycle` - after every poll/send cycle: delivered/failed/quarantined counters, the
+  per-class counter of messages a classification policy kept out (``classified``) and the
+  cycle-duration histogram, from the cycle's report (a :class:`router.report.CycleOutcome`:
+  what its :meth:`~router.report.CycleOutcome.tally` counts).
 * :func:`record_error` - a cycle that raised.
 * :func:`update_lag` - the age of the oldest staged message of an instance (a gauge).
 * :func:`crm_timer` / :class:`TimedCrm` / :func:`metered_context` - CRM call latency.
 * :func:`start_metrics_server` - serve ``/metrics`` over HTTP (``email-router run
-  --metrics-port``, Celery workers from a ``worker_process_init``/``worker_ready`` signal). With
+  --metrics-port``, Celery workers from a ``worker_ready`` signal). With
   ``PROMETHEUS_MULTIPROC_DIR`` set (prefork workers) it serves the merged multi-process registry.
+  It listens on 127.0.0.1 unless told otherwise and answers only requests carrying
+  ``Authorization: Bearer <token>`` (:func:`scrape_token`: ``ROUTER_METRICS_TOKEN`` or
+  ``ROUTER_METRICS_TOKEN_FILE``); without a token it refuses to start. Prometheus sends the token
+  with ``authorization: {credentials_file: /path/to/token}`` in its scrape config.
 
 Labels carry instance names and CRM operation names only: never addresses, subjects or secrets.
 """
@@ -19,18 +24,35 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    multiprocess,
+)
 
-from router.config import ProviderConfiguration
+from router.config import ProviderConfiguration, Settings
+from router.context import Context
 from router.crm.base import CrmAdapter
+from router.errors import ConfigError
 from router.models import LedgerState
-from router.service import Context
+from router.report import CycleOutcome
 from router.state.base import StateStore
+from router.websurface import DEFAULT_ADDRESS, bearer_ok, warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +70,12 @@ QUARANTINED = Counter(
     "email_router_messages_quarantined_total",
     "Messages put aside with a reason (unparseable, refused by the CRM, too large, ...)",
     ["instance"],
+)
+CLASSIFIED = Counter(
+    "email_router_messages_classified_total",
+    "Incoming messages a classification policy kept out of the CRM (skipped or quarantined), "
+    "by class (auto_reply, bounce, fax, voice_mail, meeting_request, ...)",
+    ["instance", "kind"],
 )
 CYCLE_ERRORS = Counter(
     "email_router_cycle_errors_total",
@@ -89,30 +117,20 @@ CRM_OPERATIONS = frozenset(
 
 
 # -- cycles ---------------------------------------------------------------------------------------
-def _count(report: object, *names: str) -> int:
-    return sum(int(getattr(report, n, 0) or 0) for n in names)
+def record_cycle(report: CycleOutcome) -> None:
+    """Count what one cycle did (``report.instance`` names it).
 
-
-def is_busy(report: object) -> bool:
-    """True for a cycle that did not run because another worker held the lease.
-
-    Incoming reports say so in ``skipped`` (a reason string), outgoing ones in ``busy``
-    (their ``skipped`` is a count of emails).
+    A cycle that did not run (another worker held the lease) counts nothing.
     """
-    skipped = getattr(report, "skipped", None)
-    return (isinstance(skipped, str) and bool(skipped)) or bool(getattr(report, "busy", None))
-
-
-def record_cycle(report: object) -> None:
-    """Count what one cycle did (``report.instance`` names it); skipped cycles count nothing."""
-    instance = str(getattr(report, "instance", "") or "unknown")
-    if is_busy(report):
+    if report.not_run():
         return
-    DELIVERED.labels(instance).inc(_count(report, "delivered", "sent"))
-    FAILED.labels(instance).inc(_count(report, "failed"))
-    QUARANTINED.labels(instance).inc(_count(report, "quarantined"))
-    duration = float(getattr(report, "duration", 0.0) or 0.0)
-    POLL_DURATION.labels(instance).observe(duration)
+    instance, tally = report.instance or "unknown", report.tally()
+    DELIVERED.labels(instance).inc(tally.delivered)
+    FAILED.labels(instance).inc(tally.failed)
+    QUARANTINED.labels(instance).inc(tally.quarantined)
+    for kind, count in tally.classified.items():
+        CLASSIFIED.labels(instance, kind).inc(count)
+    POLL_DURATION.labels(instance).observe(report.duration)
 
 
 def record_error(instance: str, exc: BaseException, duration: float | None = None) -> None:
@@ -125,7 +143,12 @@ def record_error(instance: str, exc: BaseException, duration: float | None = Non
 def update_lag(store: StateStore, instance: str, now: float | None = None) -> float:
     """Set and return the lag gauge: seconds since the oldest STAGED entry was staged."""
     oldest = store.list_entries(instance, [LedgerState.STAGED], limit=1)
-    lag = max(0.0, (now or time.time()) - oldest[0].updated_at) if oldest else 0.0
+    return set_lag(instance, oldest[0].updated_at if oldest else None, now)
+
+
+def set_lag(instance: str, oldest_staged: float | None, now: float | None = None) -> float:
+    """Set and return the lag gauge from when the oldest STAGED entry was staged (None: none)."""
+    lag = 0.0 if oldest_staged is None else max(0.0, (now or time.time()) - oldest_staged)
     LAG.labels(instance).set(lag)
     return lag
 
@@ -177,7 +200,7 @@ def _timed(operation: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class MeteredContext(Context):
-    """A :class:`~router.service.Context` whose CRM adapters report their latency."""
+    """A :class:`~router.context.Context` whose CRM adapters report their latency."""
 
     def crm(self, cfg: ProviderConfiguration) -> CrmAdapter:
         return cast(CrmAdapter, TimedCrm(super().crm(cfg)))
@@ -191,28 +214,92 @@ def metered_context(ctx: Context) -> MeteredContext:
 
 
 # -- exporter -------------------------------------------------------------------------------------
-def start_metrics_server(port: int, addr: str = "127.0.0.1") -> int:
+def scrape_token(settings: Settings, *, required: bool = False) -> str | None:
+    """The bearer token scrapers must send: ``ROUTER_METRICS_TOKEN``, else the file's text.
+
+    ``required`` (a metrics port is set): ConfigError when there is none, before anything starts.
+    """
+    token = settings.metrics_token or _read_token_file(settings.metrics_token_file)
+    token = (token or "").strip() or None
+    if required and token is None:
+        raise ConfigError(_NO_TOKEN)
+    return token
+
+
+_NO_TOKEN = (
+    "environment: ROUTER_METRICS_PORT is set but neither ROUTER_METRICS_TOKEN nor "
+    "ROUTER_METRICS_TOKEN_FILE: /metrics is never served without authentication; set one "
+    "(Prometheus sends it in the Authorization header) or unset the metrics port"
+)
+
+
+def _read_token_file(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"environment: ROUTER_METRICS_TOKEN_FILE: cannot read {path} ({exc.strerror}): "
+            "make it readable by the router's user or point the variable at another file"
+        ) from None
+
+
+def start_metrics_server(port: int, addr: str = DEFAULT_ADDRESS, token: str | None = None) -> int:
     """Serve ``/metrics`` on ``addr:port`` in a daemon thread; return the bound port.
 
-    ``port`` 0 picks a free port. In containers pass ``addr="0.0.0.0"``. When
-    ``PROMETHEUS_MULTIPROC_DIR`` is set (Celery prefork), the merged registry of all processes
-    is served instead of this process's own.
+    Every request must carry ``Authorization: Bearer <token>``; without a ``token`` nothing is
+    served (ConfigError). ``port`` 0 picks a free port. In containers pass ``addr="0.0.0.0"``
+    (a warning is logged for any non-loopback address). When ``PROMETHEUS_MULTIPROC_DIR`` is set
+    (Celery prefork), the merged registry of all processes is served instead of this process's.
     """
-    registry = _multiprocess_registry()
-    if registry is not None:
-        server, _thread = start_http_server(port, addr, registry=registry)
-    else:
-        server, _thread = start_http_server(port, addr)
+    if not token:
+        raise ConfigError(_NO_TOKEN)
+    app = authenticated(make_wsgi_app(_multiprocess_registry() or REGISTRY), token)
+    server = make_server(addr, port, app, _server_class(addr), handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound = int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics", addr, bound)
+    warn_if_exposed("the metrics endpoint", addr)
+    log.info("metrics on http://%s:%d/metrics (scrapers must send the token)", addr, bound)
     return bound
+
+
+def authenticated(app: WSGIApplication, token: str) -> WSGIApplication:
+    """``app`` behind a bearer token: any request without it gets 401 and no data."""
+
+    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if bearer_ok(environ.get("HTTP_AUTHORIZATION"), token):
+            return app(environ, start_response)
+        challenge = ("WWW-Authenticate", 'Bearer realm="email-router metrics"')
+        start_response("401 Unauthorized", [challenge, ("Content-Type", "text/plain")])
+        return [b"401 Unauthorized: send the metrics token as 'Authorization: Bearer <token>'\n"]
+
+    return guarded
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, so a slow client never blocks the next scrape."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: scrapes every few seconds would drown the router's own lines."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _server_class(addr: str) -> type[WSGIServer]:
+    # IPv6 addresses need an AF_INET6 socket; getaddrinfo tells which family the address has
+    family = socket.getaddrinfo(addr or None, 0, type=socket.SOCK_STREAM)[0][0]
+    return type("MetricsServer", (_ThreadingServer,), {"address_family": family})
 
 
 def _multiprocess_registry() -> CollectorRegistry | None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
-    from prometheus_client import multiprocess
-
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    # prometheus_client leaves this constructor unannotated
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry

@@ -40,13 +40,21 @@ class LedgerState(enum.StrEnum):
 
 
 class Classification(enum.StrEnum):
-    """What kind of message an incoming email is (see router.classify)."""
+    """What kind of message an incoming email is (see router.mail.classify)."""
 
     NORMAL = "normal"
     AUTO_REPLY = "auto_reply"
     BOUNCE = "bounce"
     READ_RECEIPT = "read_receipt"
     FEEDBACK_REPORT = "feedback_report"
+    # not emails at all (the original router did not route them either): <NonEmailPolicy>
+    FAX = "fax"
+    VOICE_MAIL = "voice_mail"
+    MISSED_CALL = "missed_call"
+    INFOPATH_FORM = "infopath_form"
+    MEETING_REQUEST = "meeting_request"
+    MEETING_CANCELLATION = "meeting_cancellation"
+    MEETING_RESPONSE = "meeting_response"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +118,7 @@ class BounceInfo:
 
 @dataclass(frozen=True)
 class Activity:
-    """The fields of a CRM email activity built from one incoming message (router.mime)."""
+    """The fields of a CRM email activity built from one incoming message (router.mail.parse)."""
 
     message_id: str
     subject: str
@@ -163,6 +171,7 @@ class OutboundEmail:
 
     @property
     def recipient_count(self) -> int:
+        """To, Cc and Bcc together."""
         return len(self.to) + len(self.cc) + len(self.bcc)
 
 

@@ -5,21 +5,30 @@
     lease -> list pending CRM emails -> for each: claim in the ledger -> compose
     -> submit (ledger "submitted" right before the final dot) -> CRM Sent -> ledger "sent"
 
-Ledger entries live in one namespace, :data:`OUTBOUND`, keyed ``out:<email_id>``, so two
-instances serving the same users or queues cannot both claim an email. States::
+Every ledger write is a named move of :class:`router.ledger.OutboundLedger` (one namespace for
+every outgoing instance, so two instances serving the same users or queues cannot both claim an
+email); this module only decides which move an email needs. States::
 
     (none) -> CLAIMED -> SUBMITTED -> SENT
                       -> RETRY (4xx, connection error; backoff) -> CLAIMED ...
                       -> FAILED (5xx, every recipient refused, attempts exhausted, a bounce)
 
-Why a crash never sends an email twice: "submitted" is written after the server accepted the
-recipients and received the body, immediately before the final ``.`` that makes it deliver.
-A crash before that write leaves CLAIMED - the server got no final dot and dropped the
-transaction, so the email is sent again later. A crash after it leaves SUBMITTED - the next
-cycle only marks the email Sent. (The one gap is a crash in the microseconds between that write
-and the dot leaving the socket: the email would then be marked Sent without having left.)
-A recipient refused with 4xx is retried alone, with the same Message-ID, so those who accepted
-never get it twice.
+Why a crash never sends an email twice, and never marks one Sent that did not leave:
+"submitted" is written after the server accepted the recipients and received the body,
+immediately before the final ``.`` that makes it deliver, and "handed over" right after the dot
+is in the socket (the kernel sends it even if the process is killed then). A crash before the
+first write leaves CLAIMED - the server got no final dot and dropped the transaction, so the
+email is sent again later. A crash after the second leaves SUBMITTED, handed over - the next
+cycle only marks the email Sent. A crash in the instant between the two leaves a SUBMITTED
+entry nobody can settle for sure: the next cycle neither sends it again nor marks it Sent, but
+sets it aside as *ambiguous* (ledger QUARANTINED, shown by ``status`` and ``quarantine list``)
+and marks the CRM email Failed with a note saying it may or may not have been sent. A recipient
+refused with 4xx is retried alone, with the same Message-ID, so those who accepted never get it
+twice.
+
+A provider without a commit point (see :class:`~router.providers.base.OutgoingProvider`) gets
+"submitted" recorded before it is called (``ahead``) and "handed over" when it returns: a crash
+during the call is that same ambiguous case.
 
 :func:`handle_bounce` is called by the incoming side for a DSN: the Message-ID index finds the
 ledger entry that sent the original, and the CRM email is marked Failed with the DSN's status.
@@ -28,13 +37,13 @@ ledger entry that sent the original, and the CRM email is marked Failed with the
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
-from router.compose import Composed, compose_message, normalize_message_id
 from router.config import ProviderConfiguration
+from router.context import Context, owners
 from router.crm.base import CrmAdapter
 from router.errors import (
     ConfigError,
@@ -45,19 +54,32 @@ from router.errors import (
     RouterError,
     StopError,
 )
+from router.ledger import Claim, OutboundLedger, lease_ttl, take_poll_lease
+from router.ledger.outgoing import (
+    claimant,
+    email_id_of,
+    reached_someone,
+    refused_at_submission,
+    retry_due,
+    retry_recipients,
+    unconfirmed,
+    writer_gone,
+)
+from router.mail.compose import Composed, compose_message, message_id_for, normalize_message_id
 from router.models import BounceInfo, Direction, LedgerEntry, LedgerState, OutboundEmail
 from router.providers.base import OutgoingProvider, SubmitResult
-from router.service import Context, owners
+from router.report import CycleOutcome, Tally
 from router.state.base import Lease
 
 log = logging.getLogger(__name__)
 
-#: Ledger namespace of every outbound claim, shared by all outgoing instances.
-OUTBOUND = "_outbound"
-DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX = 60.0, 3600.0
 Clock = Callable[[], float]
-#: Entry states an email can still leave for SENT or FAILED.
-_OPEN_STATES = (LedgerState.CLAIMED, LedgerState.SUBMITTED, LedgerState.RETRY, LedgerState.SENT)
+
+#: The reason (and CRM note) of an email whose provider was cut short mid-submission.
+AMBIGUOUS = (
+    "may or may not have been sent: the sender stopped while handing it over; check with the"
+    " recipients before sending it again"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +94,10 @@ class EmailOutcome:
 
 
 @dataclass
-class SendReport:
+class SendReport(CycleOutcome):
     """Counts and per-email outcomes of one send cycle."""
+
+    EXAMINED: ClassVar[frozenset[str]] = frozenset({"pending"})
 
     instance: str
     busy: str | None = None
@@ -82,13 +106,30 @@ class SendReport:
     failed: int = 0
     retried: int = 0
     skipped: int = 0
+    ambiguous: int = 0
     error: str | None = None
     duration: float = 0.0
     outcomes: list[EmailOutcome] = field(default_factory=list)
 
+    def not_run(self) -> str | None:
+        """Why the cycle did not run (``busy``: another worker held the lease)."""
+        return self.busy or None
+
+    def tally(self) -> Tally:
+        """Sent emails count as delivered, and Failed ones as failed."""
+        return Tally(delivered=self.sent, failed=self.failed)
+
     def note(self, outcome: EmailOutcome) -> None:
+        """Record an email's outcome and count it (sent / failed / retried / ambiguous, else
+        skipped)."""
         self.outcomes.append(outcome)
-        counter = {"sent": "sent", "failed": "failed", "retry": "retried"}.get(outcome.outcome)
+        counters = {
+            "sent": "sent",
+            "failed": "failed",
+            "retry": "retried",
+            "ambiguous": "ambiguous",
+        }
+        counter = counters.get(outcome.outcome)
         setattr(self, counter or "skipped", getattr(self, counter or "skipped") + 1)
 
 
@@ -108,7 +149,7 @@ def send_cycle(
     """
     cfg = _outgoing(ctx, name)
     report, started = SendReport(name), time.monotonic()
-    lease = ctx.store.acquire_lease(name, holder or ctx.holder, lease_ttl(ctx))
+    lease = take_poll_lease(ctx.store, name, holder or ctx.holder, ctx.config.system)
     if lease is None:
         info = ctx.store.get_lease(name)
         report.busy = f"lease held by {info.holder if info else 'another worker'}"
@@ -139,12 +180,14 @@ class _Batch:
     ) -> None:
         self.ctx, self.cfg, self.lease, self.report, self.clock = ctx, cfg, lease, report, clock
         self.store, self.name = ctx.store, cfg.name
+        self.ledger = OutboundLedger(ctx.store)
         self.crm: CrmAdapter = ctx.crm(cfg)
         self.provider: OutgoingProvider | None = None
-        self.ttl = lease_ttl(ctx)
+        self.ttl = lease_ttl(ctx.config.system)
         self.renew_at = time.monotonic() + self.ttl / 3
 
     def run(self) -> None:
+        """Settle every pending email of the instance, up to MaxMessageCount."""
         pending = self.crm.list_pending(owners(self.cfg), self.cfg.max_message_count)
         self.report.pending = len(pending)
         self.prepared = _Prepared()
@@ -169,10 +212,9 @@ class _Batch:
 
     # -- deciding what an email needs -----------------------------------------------------------
     def _one(self, email: OutboundEmail) -> EmailOutcome:
-        key = ledger_key(email.email_id)
-        entry = self.store.get_entry(OUTBOUND, key)
+        entry = self.ledger.get(email.email_id)
         if entry is None:
-            return self._claim_new(email, key)
+            return self._claim_new(email)
         if entry.state is LedgerState.SUBMITTED:
             if self._writer_gone(entry):
                 return self._finish(email, entry)
@@ -185,34 +227,29 @@ class _Batch:
             return self._reclaim(email, entry)
         if entry.state is LedgerState.RETRY:
             return self._retry(email, entry)
+        if entry.state is LedgerState.QUARANTINED:  # ambiguous: the CRM was not told yet
+            return self._mark_failed(email, entry, entry.reason or AMBIGUOUS)
         return EmailOutcome(email.email_id, "skipped", f"ledger state {entry.state.value}")
 
     def _writer_gone(self, entry: LedgerEntry) -> bool:
-        """True when whoever wrote ``entry`` cannot still be working on it.
+        """True when whoever wrote ``entry`` cannot still be working on it (we hold the lease)."""
+        return writer_gone(entry, self.name, self.clock(), self.ttl)
 
-        Our own instance's earlier cycle is gone (we hold its lease now); another instance's
-        entry counts as abandoned once it is older than a lease.
-        """
-        if entry.extra.get("instance") == self.name:
-            return True
-        return entry.updated_at < self.clock() - self.ttl
-
-    def _claim_new(self, email: OutboundEmail, key: str) -> EmailOutcome:
+    def _claim_new(self, email: OutboundEmail) -> EmailOutcome:
         if not self._ensure_provider():
             return EmailOutcome(email.email_id, "skipped", "no connection")
-        token = secrets.token_hex(8)
-        entry = self.store.create_entry(OUTBOUND, key, LedgerState.CLAIMED, extra=self._mine(token))
-        if entry is None:
+        claim = self.ledger.claim(email.email_id, self.name, self.lease.holder)
+        if claim is None:
             return EmailOutcome(email.email_id, "skipped", "claimed by another worker")
-        return self._send(email, entry, token)
+        return self._send(email, claim)
 
     def _reclaim(self, email: OutboundEmail, entry: LedgerEntry) -> EmailOutcome:
         if not self._writer_gone(entry):
             return EmailOutcome(email.email_id, "skipped", "claimed by another worker")
-        return self._take(email, entry, LedgerState.CLAIMED)
+        return self._take(email, entry)
 
     def _retry(self, email: OutboundEmail, entry: LedgerEntry) -> EmailOutcome:
-        due = float(entry.extra.get("next_at", 0.0))
+        due = retry_due(entry)
         if due > self.clock():
             return EmailOutcome(
                 email.email_id,
@@ -221,41 +258,35 @@ class _Batch:
                 None,
                 entry.attempts,
             )
-        return self._take(email, entry, LedgerState.RETRY)
+        return self._take(email, entry)
 
-    def _take(self, email: OutboundEmail, entry: LedgerEntry, state: LedgerState) -> EmailOutcome:
-        """Move a CLAIMED (abandoned) or RETRY (due) entry to a claim of ours."""
+    def _take(self, email: OutboundEmail, entry: LedgerEntry) -> EmailOutcome:
+        """Take a CLAIMED (abandoned) or RETRY (due) entry over, in the state it was read."""
         if not self._ensure_provider():
             return EmailOutcome(email.email_id, "skipped", "no connection")
-        token = secrets.token_hex(8)
-        taken = self.store.transition(
-            OUTBOUND, entry.key, [state], LedgerState.CLAIMED, extra=self._mine(token)
-        )
-        # A compare-and-set on the state alone cannot tell two takers apart: read back whose
-        # token won, so only one of two racing workers goes on.
-        current = self.store.get_entry(OUTBOUND, entry.key)
-        if taken is None or current is None or current.extra.get("claim") != token:
+        claim = self.ledger.take_over(entry, self.name, self.lease.holder)
+        if claim is None:
             return EmailOutcome(email.email_id, "skipped", "claimed by another worker")
-        return self._send(email, current, token)
-
-    def _mine(self, token: str) -> dict[str, object]:
-        return {"instance": self.name, "claim": token, "holder": self.lease.holder}
+        return self._send(email, claim)
 
     # -- sending --------------------------------------------------------------------------------
-    def _send(self, email: OutboundEmail, entry: LedgerEntry, token: str) -> EmailOutcome:
+    def _send(self, email: OutboundEmail, claim: Claim) -> EmailOutcome:
+        entry = claim.entry
         try:
             composed = self.prepared.take(email)
-        except (ValueError, TypeError, UnicodeError) as exc:  # bad data in the CRM record
-            return self._fail(email, entry, f"cannot compose the message: {exc}")
-        rcpts = list(entry.extra.get("rcpts") or composed.recipients)
+        except Exception as exc:  # bad data in one CRM email fails that email only, any kind
+            return self._fail(email, entry, unsendable_reason(exc))
+        rcpts = retry_recipients(entry) or list(composed.recipients)
         attempts = max(entry.attempts, email.delivery_attempts) + 1
-        hook = _CommitHook(self, entry.key, token, composed.message_id)
+        message_id = normalize_message_id(composed.message_id)
+        hook = _CommitHook(self.ledger, self.name, claim, message_id)
         try:
             result = self._submit(email, composed, rcpts, hook)
         except MessageRejected as exc:
             return self._after_rejection(email, entry, str(exc))
         except StopError:
-            self._give_back(entry.key)
+            # Release the claim so the email is taken again as soon as someone can send.
+            self.ledger.give_back(entry.key)
             raise
         except LeaseLost as exc:
             return EmailOutcome(email.email_id, "skipped", str(exc))
@@ -270,16 +301,12 @@ class _Batch:
         self, email: OutboundEmail, composed: Composed, rcpts: list[str], hook: _CommitHook
     ) -> SubmitResult:
         assert self.provider is not None
+        # The provider gets the parsed email the message was written from, never the CRM's own
+        # text: its envelope can then only name the mailboxes the headers name.
+        email = composed.email
         sender = _envelope_from(self.provider, email, self.cfg)
-        if "commit-hook" in self.provider.capabilities:
-            submit = getattr(self.provider, "submit")  # noqa: B009 - the extended signature
-            waiting = self.prepared.prepare_upcoming
-            result: SubmitResult = submit(email, composed.raw, sender, hook, rcpts, waiting)
-            return result
-        result = self.provider.submit(email, composed.raw, sender)
-        if result.accepted:
-            hook(result)
-        return result
+        waiting = self.prepared.prepare_upcoming
+        return self.provider.submit(email, composed.raw, sender, hook, rcpts, waiting)
 
     def _after_submit(
         self,
@@ -293,14 +320,13 @@ class _Batch:
             reason = "; ".join(f"{r}: {c} {t}" for r, (c, t) in result.refused.items() if c < 500)
             delivered = bool(result.accepted)
             return self._schedule_retry(email, entry, attempts, temporary, reason, delivered)
-        current = self.store.get_entry(OUTBOUND, entry.key) or entry
-        return self._mark_sent(email, current)
+        return self._mark_sent(email, self.ledger.current(entry))
 
     def _after_rejection(
         self, email: OutboundEmail, entry: LedgerEntry, reason: str
     ) -> EmailOutcome:
-        if entry.extra.get("delivered"):  # some recipients had it already: the email did leave
-            return self._mark_sent(email, self.store.get_entry(OUTBOUND, entry.key) or entry)
+        if reached_someone(entry):  # some recipients had it already: the email did leave
+            return self._mark_sent(email, self.ledger.current(entry))
         return self._fail(email, entry, reason)
 
     def _schedule_retry(
@@ -312,20 +338,19 @@ class _Batch:
         reason: str,
         delivered: bool,
     ) -> EmailOutcome:
-        was_delivered = delivered or bool(entry.extra.get("delivered"))
+        was_delivered = delivered or reached_someone(entry)
         if attempts >= self.cfg.maximum_delivery_attempts:
             if was_delivered:
-                return self._mark_sent(email, self.store.get_entry(OUTBOUND, entry.key) or entry)
+                return self._mark_sent(email, self.ledger.current(entry))
             return self._fail(email, entry, f"{reason} (after {attempts} attempts)")
         due = self.clock() + self._backoff(attempts)
-        self.store.transition(
-            OUTBOUND,
+        self.ledger.retry_later(
             entry.key,
-            [LedgerState.CLAIMED, LedgerState.SUBMITTED],
-            LedgerState.RETRY,
             attempts=attempts,
             reason=reason[:1000],
-            extra={"next_at": due, "rcpts": rcpts, "delivered": was_delivered},
+            next_at=due,
+            rcpts=rcpts,
+            delivered=was_delivered,
         )
         self.crm.record_attempt(email.email_id, attempts)
         log.info("%s: email %s: retry %d in %.0fs", self.name, email.email_id, attempts, due)
@@ -333,14 +358,14 @@ class _Batch:
 
     def _backoff(self, attempts: int) -> float:
         assert self.provider is not None
-        base = float(getattr(self.provider.options, "retry_backoff", DEFAULT_BACKOFF))
-        cap = float(getattr(self.provider.options, "retry_backoff_max", DEFAULT_BACKOFF_MAX))
-        return float(min(cap, base * 2 ** (attempts - 1)))
+        return self.provider.retry_backoff.delay(attempts)
 
     # -- telling the CRM ------------------------------------------------------------------------
     def _finish(self, email: OutboundEmail, entry: LedgerEntry) -> EmailOutcome:
-        """A SUBMITTED entry left by a crash: the server had the message; tell the CRM."""
-        retry = list(entry.extra.get("retry_rcpts") or [])
+        """A SUBMITTED entry left by a crash: ambiguous unless handed over, else tell the CRM."""
+        if unconfirmed(entry):
+            return self._ambiguous(email, entry)
+        retry = refused_at_submission(entry)
         if retry:
             attempts = max(entry.attempts, email.delivery_attempts) + 1
             if not self._ensure_provider():
@@ -348,25 +373,26 @@ class _Batch:
             return self._schedule_retry(email, entry, attempts, retry, "temporarily refused", True)
         return self._mark_sent(email, entry)
 
+    def _ambiguous(self, email: OutboundEmail, entry: LedgerEntry) -> EmailOutcome:
+        """Set aside an email whose provider may or may not have sent it; never resend it."""
+        if not self.ledger.ambiguous(entry.key, AMBIGUOUS):
+            return EmailOutcome(email.email_id, "skipped", "settled by another worker")
+        log.warning("%s: email %s may or may not have been sent", self.name, email.email_id)
+        outcome = self._mark_failed(email, entry, AMBIGUOUS)
+        return replace(outcome, outcome="ambiguous")
+
     def _mark_sent(self, email: OutboundEmail, entry: LedgerEntry) -> EmailOutcome:
         message_id = entry.message_id or compose_message_id(email)
         try:
             self.crm.mark_sent(email.email_id, message_id, email.tracking_token)
         except CrmRejected as exc:  # e.g. deleted in the CRM meanwhile: the mail did leave
             log.warning("%s: email %s sent but not marked: %s", self.name, email.email_id, exc)
-        # From CLAIMED/RETRY too: a retry of the last few recipients may end the email as Sent.
-        self.store.transition(OUTBOUND, entry.key, _OPEN_STATES, LedgerState.SENT)
+        self.ledger.sent(entry.key)
         return EmailOutcome(email.email_id, "sent", "", message_id, entry.attempts)
 
     def _fail(self, email: OutboundEmail, entry: LedgerEntry, reason: str) -> EmailOutcome:
         reason = reason[:1000]
-        self.store.transition(
-            OUTBOUND,
-            entry.key,
-            [LedgerState.CLAIMED, LedgerState.SUBMITTED, LedgerState.RETRY],
-            LedgerState.FAILED,
-            reason=reason,
-        )
+        self.ledger.failed(entry.key, reason)
         return self._mark_failed(email, entry, reason)
 
     def _mark_failed(self, email: OutboundEmail, entry: LedgerEntry, reason: str) -> EmailOutcome:
@@ -394,12 +420,6 @@ class _Batch:
         self.provider = provider
         return True
 
-    def _give_back(self, key: str) -> None:
-        """Release a claim we hold so the email is taken again as soon as someone can send."""
-        self.store.transition(
-            OUTBOUND, key, [LedgerState.CLAIMED], LedgerState.RETRY, extra={"next_at": 0.0}
-        )
-
 
 class _Prepared:
     """Composes the next email while the server is busy storing the current one.
@@ -414,6 +434,7 @@ class _Prepared:
         self.ready: tuple[str, Composed | Exception] | None = None
 
     def prepare_upcoming(self) -> None:
+        """Compose the next email now (called while the server stores the current one)."""
         email = self.upcoming
         if email is None or (self.ready is not None and self.ready[0] == email.email_id):
             return
@@ -423,6 +444,7 @@ class _Prepared:
             self.ready = (email.email_id, exc)
 
     def take(self, email: OutboundEmail) -> Composed:
+        """The composed ``email``: prepared ahead if it was the one expected, else now."""
         ready, self.ready = self.ready, None
         if ready is None or ready[0] != email.email_id:
             return compose_message(email)
@@ -432,34 +454,27 @@ class _Prepared:
 
 
 class _CommitHook:
-    """Writes "submitted" to the ledger right before the final dot (see the module docstring)."""
+    """Writes "submitted" to the ledger at the provider's commit point (SMTP: right before the
+    final dot), or ``ahead`` of a provider without one, and "handed over" once the message left
+    the process (see the module docstring)."""
 
-    def __init__(self, batch: _Batch, key: str, token: str, message_id: str) -> None:
-        self.batch, self.key, self.token, self.message_id = batch, key, token, message_id
+    def __init__(
+        self, ledger: OutboundLedger, instance: str, claim: Claim, message_id: str
+    ) -> None:
+        self.ledger, self.instance, self.claim = ledger, instance, claim
+        self.message_id = message_id
         self.done = False
 
-    def __call__(self, result: SubmitResult) -> None:
-        store = self.batch.store
-        current = store.get_entry(OUTBOUND, self.key)
-        if current is None or current.extra.get("claim") != self.token:
-            raise LeaseLost(f"claim of {self.key} was taken over; not submitting")
-        store.index_message_id(sent_index_key(self.message_id), OUTBOUND, self.key)
+    def __call__(self, result: SubmitResult, *, ahead: bool = False) -> None:
         temporary = [r for r, (code, _) in result.refused.items() if code < 500]
-        moved = store.transition(
-            OUTBOUND,
-            self.key,
-            [LedgerState.CLAIMED],
-            LedgerState.SUBMITTED,
-            message_id=self.message_id,
-            extra={"instance": self.batch.name, "retry_rcpts": temporary, "delivered": True},
-        )
-        if moved is None or moved.extra.get("claim") != self.token:
-            # Someone else owns the email now: abort before the dot, the server discards it,
-            # and hand the entry back in the state its owner expects.
-            if moved is not None:
-                store.transition(OUTBOUND, self.key, [LedgerState.SUBMITTED], LedgerState.CLAIMED)
-            raise LeaseLost(f"claim of {self.key} was taken over; not submitting")
+        ledger, claim = self.ledger, self.claim
+        if not ledger.submitted(claim, self.instance, self.message_id, temporary, ahead=ahead):
+            # Someone else owns the email now: abort before the dot, the server discards it.
+            raise LeaseLost(f"claim of {self.claim.key} was taken over; not submitting")
         self.done = True
+
+    def handed_over(self) -> None:
+        self.ledger.handed_over(self.claim)
 
 
 # -- bounces --------------------------------------------------------------------------------------
@@ -471,58 +486,43 @@ def handle_bounce(ctx: Context, bounce: BounceInfo) -> bool:
     """
     if not bounce.original_message_id:
         return False
-    hit = ctx.store.lookup_message_id(sent_index_key(bounce.original_message_id))
-    if hit is None:
-        return False
-    entry = ctx.store.get_entry(*hit)
-    sender = str(entry.extra.get("instance", "")) if entry is not None else ""
+    ledger = OutboundLedger(ctx.store)
+    entry = ledger.find_sent(normalize_message_id(bounce.original_message_id))
+    sender = claimant(entry) if entry is not None else ""
     if entry is None or not sender:
         return False
     reason = " ".join(f"{bounce.status} {bounce.diagnostic}".split()) or "bounced"
     reason = f"bounced: {reason}"[:1000]
-    ctx.store.transition(
-        OUTBOUND,
-        entry.key,
-        [s for s in LedgerState if s is not LedgerState.FAILED],
-        LedgerState.FAILED,
-        reason=reason,
-    )
-    ctx.crm(ctx.instance(sender)).mark_failed(email_id_of(entry.key), reason)
+    ledger.bounced(entry.key, reason)
+    ctx.crm(ctx.instance(sender)).mark_failed(email_id_of(entry), reason)
     log.info("bounce for %s: email %s marked failed", bounce.original_message_id, entry.key)
     return True
 
 
 # -- names and helpers ----------------------------------------------------------------------------
-def ledger_key(email_id: str) -> str:
-    """Ledger key of a CRM email in the :data:`OUTBOUND` namespace."""
-    return f"out:{email_id}"
-
-
-def email_id_of(key: str) -> str:
-    return key.removeprefix("out:")
-
-
-def sent_index_key(message_id: str) -> str:
-    """Message-ID index key of an email this router sent."""
-    return f"out:{normalize_message_id(message_id)}"
-
-
 def compose_message_id(email: OutboundEmail) -> str:
-    from router.compose import message_id_for
-
+    """The Message-ID ``email`` is (or was) sent with, for marking it Sent in the CRM."""
     return message_id_for(email, email.sender.email)
 
 
-def lease_ttl(ctx: Context) -> float:
-    """Lease of a send cycle: MaxThreadExecution (a cycle's time limit)."""
-    return ctx.config.system.max_thread_execution / 1000.0
+def unsendable_reason(exc: Exception) -> str:
+    """The reason an email that could not be composed is marked Failed with.
+
+    Router errors (a refused address, an over-long header) say what is wrong and what to do;
+    anything else is named by its type only, as its text might quote the message body.
+    """
+    if isinstance(exc, RouterError):
+        return f"cannot send this email: {exc}"
+    return (
+        f"cannot compose the message ({type(exc).__name__}); check its subject, addresses and"
+        " attachments in the CRM, and report it if they look right"
+    )
 
 
 def _envelope_from(
     provider: OutgoingProvider, email: OutboundEmail, cfg: ProviderConfiguration
 ) -> str:
-    configured = getattr(provider.options, "envelope_from", None)
-    return str(configured or email.sender.email or cfg.email_address or "")
+    return provider.envelope_from or email.sender.email or cfg.email_address or ""
 
 
 def _outgoing(ctx: Context, name: str) -> ProviderConfiguration:
@@ -537,11 +537,8 @@ def _short(exc: BaseException) -> str:
 
 
 __all__ = [
-    "OUTBOUND",
     "EmailOutcome",
     "SendReport",
     "handle_bounce",
-    "ledger_key",
     "send_cycle",
-    "sent_index_key",
 ]

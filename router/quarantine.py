@@ -4,19 +4,22 @@ A message is quarantined when it could not become an activity (unparseable, too 
 the CRM, or classified under a ``quarantine`` policy). Its ledger entry keeps the reason and,
 when the bytes were downloaded, the raw message. :func:`replay` moves it back to STAGED and runs
 the CRM step for it again, with the same exactly-once guarantee as a first delivery: the ledger's
-compare-and-set and the CRM's Message-ID check. A message refused by the size guard was never
-downloaded; replay fetches it from the mail server first (raise MaxMessageSize before replaying).
+compare-and-set and the CRM's Message-ID check. A message refused by the size guard, or whose
+fetch failed MaxMessageAttempts times, was never downloaded; replay fetches it from the mail
+server first (raise MaxMessageSize, or fix the provider, before replaying).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.errors import ConfigError, RouterError
-from router.incoming import CycleReport, deliver_staged
+from router.context import Context
+from router.delivery import deliver_staged
+from router.errors import ConfigError, MessageUnusable, RouterError
+from router.ledger import InboundLedger
 from router.models import LedgerEntry, LedgerState, MessageRef
 from router.providers.base import IncomingProvider
-from router.service import Context
+from router.report import CycleReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,7 @@ def list_items(ctx: Context, instance: str | None = None) -> list[QuarantinedIte
     names = [instance] if instance else ctx.store.instances()
     items: list[QuarantinedItem] = []
     for name in names:
-        for entry in ctx.store.list_entries(name, [LedgerState.QUARANTINED]):
+        for entry in InboundLedger(ctx.store, name).entries(LedgerState.QUARANTINED):
             items.append(_item(ctx, entry))
     return items
 
@@ -56,10 +59,7 @@ def replay(ctx: Context, instance: str, key: str) -> CycleReport:
     item = get_item(ctx, instance, key)
     if not item.has_raw:
         _refetch(ctx, instance, key)
-    moved = ctx.store.transition(
-        instance, key, [LedgerState.QUARANTINED], LedgerState.STAGED, reason=None
-    )
-    if moved is None:
+    if InboundLedger(ctx.store, instance).replay(key) is None:
         raise ConfigError(f"{instance}/{key} changed state while replaying; list it again")
     return deliver_staged(ctx, instance, [key])
 
@@ -70,25 +70,21 @@ def _refetch(ctx: Context, instance: str, key: str) -> None:
     provider = ctx.provider(cfg)
     if not isinstance(provider, IncomingProvider):
         raise ConfigError(f"{instance} is not an incoming instance")
-    with provider:
-        raw = provider.fetch(MessageRef(key)).raw
-    entry = ctx.store.get_entry(instance, key)
-    ctx.store.delete_entry(instance, key)
-    if not ctx.store.stage(instance, key, raw, message_id=entry.message_id if entry else None):
+    try:
+        with provider:
+            raw = provider.fetch(MessageRef(key)).raw
+    except RouterError:
+        raise
+    except Exception as exc:  # the provider's own bug (what quarantined it): no traceback
+        raise MessageUnusable(
+            f"{instance}/{key}: fetching it failed again ({type(exc).__name__}: {exc}); "
+            "it stays quarantined: fix the provider, then replay it"
+        ) from None
+    if not InboundLedger(ctx.store, instance).attach_raw(key, raw):
         raise RouterError(f"{instance}/{key} was staged by someone else meanwhile")
-    ctx.store.transition(
-        instance,
-        key,
-        [LedgerState.STAGED],
-        LedgerState.QUARANTINED,
-        reason=entry.reason if entry else None,
-    )
 
 
 def drop(ctx: Context, instance: str, key: str) -> None:
     """Give up on a quarantined message: its bytes go, the entry stays DONE (never re-fetched)."""
     get_item(ctx, instance, key)
-    ctx.store.transition(
-        instance, key, [LedgerState.QUARANTINED], LedgerState.DONE, reason="dropped by operator"
-    )
-    ctx.store.drop_raw(instance, key)
+    InboundLedger(ctx.store, instance).drop(key)

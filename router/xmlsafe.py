@@ -8,8 +8,8 @@ Two guards, both needed for a file anyone can edit:
 2. Only then lxml builds the tree (for ``sourceline``), with entity substitution, DTD loading and
    network access switched off, and refuses a DOCTYPE again should one ever get past the first.
 
-:func:`parse` raises :class:`XmlRefused` with the line and the reason; callers turn it into their
-own error format.
+:func:`parse` raises :class:`XmlRefused` with the line and the reason (also for a document over
+:data:`MAX_DOCUMENT` bytes); callers turn it into their own error format.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ from defusedxml.ElementTree import DefusedXMLParser, ParseError
 from lxml import etree
 
 REFUSED_DTD = "DOCTYPE declarations are not allowed (no DTDs, no entities)"
+UNREADABLE_ENCODING = (
+    "the encoding named in the XML declaration cannot be read; save the file as UTF-8 "
+    '(<?xml version="1.0" encoding="utf-8"?>)'
+)
+#: Largest document read (10,000 mailboxes take about 10 MB). Both passes are linear in the size
+#: (tests/unit/test_parser_bounds.py); this bounds their time and the tree's memory.
+MAX_DOCUMENT = 64 * 2**20
 
 
 class XmlRefused(ValueError):
@@ -34,11 +41,16 @@ class XmlRefused(ValueError):
 
 def parse(data: bytes) -> Any:
     """Return the root element of ``data``, blanks around leaf values stripped."""
+    if len(data) > MAX_DOCUMENT:
+        limit = MAX_DOCUMENT // 2**20
+        raise XmlRefused(1, f"the file is larger than {limit} MiB; is it the configuration?")
     refuse_dtd(data)
     try:
         root = etree.fromstring(data, safe_parser())
     except etree.XMLSyntaxError as exc:
         raise XmlRefused(exc.lineno or 0, f"not well-formed XML: {exc.msg}") from None
+    except (ValueError, LookupError):
+        raise XmlRefused(1, UNREADABLE_ENCODING) from None
     if root.getroottree().docinfo.doctype:  # second guard; refuse_dtd already stops these
         raise XmlRefused(1, REFUSED_DTD)
     _strip_leaf_text(root)
@@ -68,6 +80,8 @@ def refuse_dtd(data: bytes) -> None:
     except ParseError as exc:
         reason = re.sub(r": line \d+, column \d+$", "", str(exc))
         raise XmlRefused(exc.position[0], f"not well-formed XML: {reason}") from None
+    except (ValueError, LookupError):  # expat hands other encodings to Python's codecs
+        raise XmlRefused(1, UNREADABLE_ENCODING) from None
 
 
 def _strip_leaf_text(root: Any) -> None:

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.servers.smtp",
     "tests.servers.celery_procs",
     "tests.servers.simulator",
+    "tests.servers.graphsim",
 ]

@@ -1,19 +1,16 @@
-"""A Celery consumer that survives the broker going away twice in quick succession.
+"""A Celery consumer whose clean-up after a lost broker connection cannot end the worker.
 
-Celery 5.7 with kombu's Redis transport: when the connection is lost while a message is
-delivered but not yet acknowledged (``acks_late``) and Redis is still down, the clean-up in
-``Consumer.on_connection_error_after_connected`` closes a channel whose connection was already
-collected, kombu raises ``AttributeError`` (``'NoneType' object has no attribute 'hostname'``)
-instead of a connection error, and the worker stops with "Unrecoverable error". Seen in
-tests/e2e/test_celery_cluster.py when Redis is killed and restarted twice a few seconds apart.
-
-This subclass treats that ``AttributeError`` as what it is - the old connection is gone - and
-finishes the clean-up Celery skipped: with ``worker_cancel_long_running_tasks_on_connection_loss``
-it cancels the running late-ack tasks, which could otherwise acknowledge or reject their message
-later on the dead channel (the same ``AttributeError``, this time fatal). Then the consumer
-reconnects as usual. Unacknowledged messages stay in Redis' unacked set and are redelivered
-after the visibility timeout; the ledger and leases make the repeat harmless. Selected with
-``worker_consumer`` in :mod:`workers.app`.
+The cause of "Unrecoverable error: AttributeError 'hostname'" after a Redis restart is fixed in
+:mod:`workers.transport`: a channel of the lost connection (closing itself, or acknowledging or
+rejecting a task that finished after the loss) raised ``AttributeError`` instead of a connection
+error. This subclass is the second line, for a clean-up that fails that way on a path the
+transport does not cover: in ``Consumer.on_connection_error_after_connected`` an
+``AttributeError`` is taken for what it is - the old connection is gone - and the clean-up
+Celery skipped is finished: with ``worker_cancel_long_running_tasks_on_connection_loss`` the
+running late-ack tasks are cancelled, which could otherwise acknowledge or reject their message
+later on the dead channel. Then the consumer reconnects as usual. Unacknowledged messages stay
+in Redis' unacked set and are redelivered after the visibility timeout; the ledger and leases
+make the repeat harmless. Selected with ``worker_consumer`` in :mod:`workers.app`.
 """
 
 from __future__ import annotations

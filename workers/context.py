@@ -1,72 +1,32 @@
-"""The Celery worker's per-process :class:`~router.service.Context`, reloaded on file changes.
+"""The Celery worker's per-process :class:`~router.context.Context`, reloaded on file changes.
 
 Use :data:`HOLDER` from tasks: ``with HOLDER.use() as ctx: ...``. The context (configuration,
 state store, CRM adapters) is opened on first use in each worker process - never in the parent
 before the fork, whose sockets the children must not share - and opened again when the
-configuration file changed. The file is looked at (``stat``) at most once per
-``ConfigRefreshPeriod``; a context being used by a running task is closed only after that task
-is done with it.
-
-:class:`ConfigFile` is the change detector, shared with the beat scheduler.
+configuration file has a new valid version, or the mailboxes its ``<LoadMailboxes>`` read from
+the CRM changed, which the shared :class:`~router.runtime.watch.ConfigWatcher` reports (looking
+at the file at most once per ``ConfigRefreshPeriod`` and at the CRM once per
+``ConfigUpdatePeriod``, as ``email-router run`` and beat do). A context being used by a running
+task is closed only after that task is done with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from router.config import Configuration, Settings, SystemConfiguration, load_config
+from router.config import Configuration, Settings, SystemConfiguration
+from router.configcheck import load_config
+from router.context import Context, context_for
 from router.errors import ConfigError
-from router.service import Context, open_context
+from router.metrics import metered_context
+from router.runtime.watch import ConfigWatcher
 
 log = logging.getLogger(__name__)
-
-Signature = tuple[int, int, int] | None
-
-
-def file_signature(path: Path) -> Signature:
-    """What identifies a version of the file: mtime, size and inode (atomic replaces change it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-class ConfigFile:
-    """Tells whether the configuration file changed, looking at most once per refresh period."""
-
-    def __init__(
-        self, path: Path, refresh_ms: int = 5000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path, self.refresh_ms, self._clock = Path(path), refresh_ms, clock
-        self._signature: Signature = None
-        self._checked_at = float("-inf")
-        #: Modification time (epoch seconds) of the version last loaded; 0 before any.
-        self.loaded_mtime = 0.0
-
-    def load(self) -> Configuration:
-        """Read and validate the file now, and remember its version."""
-        signature = file_signature(self.path)
-        config = load_config(self.path)
-        self._signature, self._checked_at = signature, self._clock()
-        self.loaded_mtime = signature[0] / 1e9 if signature else 0.0
-        self.refresh_ms = config.system.config_refresh_period
-        return config
-
-    def changed(self) -> bool:
-        """True when the refresh period has passed and the file is not the version last loaded."""
-        now = self._clock()
-        if now - self._checked_at < self.refresh_ms / 1000.0:
-            return False
-        self._checked_at = now
-        return file_signature(self.path) != self._signature
 
 
 def system_of(settings: Settings) -> SystemConfiguration:
@@ -93,19 +53,20 @@ class ContextHolder:
     def __init__(
         self,
         settings: Settings | None = None,
-        opener: Callable[[Settings], Context] | None = None,
+        opener: Callable[[Configuration, Settings], Context] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings or Settings()
         self._opener = opener or _open
-        self._file = ConfigFile(self.settings.config, clock=clock)
+        self._clock = clock
+        self._watcher = ConfigWatcher(self.settings.config, clock=clock)
         self._slot: _Slot | None = None
         self._lock = threading.Lock()
 
     @property
     def loaded_mtime(self) -> float:
         """Modification time of the configuration version the current context was built from."""
-        return self._file.loaded_mtime
+        return self._watcher.loaded_mtime
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Context]:
@@ -120,20 +81,22 @@ class ContextHolder:
         """Drop the context without closing it: called in a fresh child after fork."""
         with self._lock:
             self._slot = None
-            self._file = ConfigFile(self.settings.config, clock=self._file._clock)
+            self._watcher = ConfigWatcher(self.settings.config, clock=self._clock)
 
     def close(self) -> None:
+        """Close the current context (the worker process is stopping)."""
         with self._lock:
             slot, self._slot = self._slot, None
+        self._watcher.close()  # the CRM adapters that read <LoadMailboxes>' records
         if slot is not None:
             _close(slot.ctx)
 
     def _acquire(self) -> _Slot:
         with self._lock:
-            if self._slot is None:
-                self._slot = self._open()
-            elif self._file.changed():
-                self._reload()
+            if self._slot is None:  # load() raises ConfigError: nothing to fall back to yet
+                self._slot = self._open(self._watcher.load())
+            elif (config := self._watcher.poll()) is not None:
+                self._reload(config)
             self._slot.users += 1
             return self._slot
 
@@ -144,16 +107,18 @@ class ContextHolder:
         if done:
             _close(slot.ctx)
 
-    def _open(self) -> _Slot:
-        self._file.load()  # raises ConfigError: nothing to fall back to yet
-        return _Slot(self._opener(self.settings))
+    def _open(self, config: Configuration) -> _Slot:
+        slot = _Slot(self._opener(config, self.settings))
+        # the CRM mailbox lists this worker reads go to its store: status, console, poll NAME
+        self._watcher.record_in(slot.ctx.store)
+        return slot
 
-    def _reload(self) -> None:
-        """Open a context for the new file; keep the old one when the new file is broken."""
+    def _reload(self, config: Configuration) -> None:
+        """Open a context for the new version; keep the old one when it cannot be opened."""
         assert self._slot is not None
         try:
-            fresh = self._open()
-        except (ConfigError, ValueError, OSError) as exc:
+            fresh = self._open(config)
+        except (ConfigError, ValueError, OSError) as exc:  # e.g. a new StateStore unreachable
             log.error(
                 "configuration %s not reloaded, keeping the previous one: %s",
                 self.settings.config,
@@ -167,10 +132,8 @@ class ContextHolder:
             _close(old.ctx)
 
 
-def _open(settings: Settings) -> Context:
-    from router.metrics import metered_context
-
-    return metered_context(open_context(settings.config, settings.state_url, settings))
+def _open(config: Configuration, settings: Settings) -> Context:
+    return metered_context(context_for(config, settings))
 
 
 def _close(ctx: Context) -> None:

@@ -9,10 +9,19 @@ Starts, in a work directory (a temp dir unless ``--workdir``):
 
 seeds demo mail into ``sales@demo.example`` (read over IMAP) and ``support@demo.example`` (POP3)
 and three pending outbound emails into the simulator, writes the configuration from
-``router.demo.xml`` and runs ``email-router run`` (single process, SQLite state). It prints the
-simulator's activity page and stops everything on Ctrl-C (or after ``--duration`` seconds).
-``--check`` exits 1 unless every demo message became an activity and every outbound email
-reached the sink (used by tests/integration/test_demo.py).
+``router.demo.xml`` and runs ``email-router run`` (single process, SQLite state) and
+``email-router console`` (with a user and password generated for this run). It prints the URL
+of the simulator's activity page, the console's URL and credentials, and commands that work
+from another terminal (``email-router status`` with the environment they need).
+
+Ctrl-C, SIGTERM (``timeout 20 make demo``) and ``--duration`` all stop it the same way: the
+router, the console, the simulator and the SMTP sink stop, Dovecot is stopped, and the temp dirs
+are removed. ``--check`` exits 1 unless every demo message became an activity and every outbound
+email reached the sink (used by tests/integration/test_demo.py).
+
+``--graph`` (``make demo DEMO_ARGS=--graph``) adds a second mail source: ``email-router
+graph-sim`` (the Microsoft Graph simulator, HTTPS with its own CA written to the work dir) with
+three messages in ``orders@demo.example``, and a ``graph`` incoming instance reading it.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import contextlib
 import os
 import pwd
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -127,6 +138,7 @@ def dovecot(binaries: tuple[str, str]) -> Iterator[dict[str, int]]:
     (root / "mail").mkdir()
     conf = root / "dovecot.conf"
     conf.write_text(DOVECOT_CONF.format(root=root, password=PASSWORD, **ports, **_users(root)))
+    log(f"Dovecot directory: {root}")
     try:
         subprocess.run([binaries[0], "-c", str(conf)], check=True, timeout=30)
         try:
@@ -160,38 +172,42 @@ def _users(root: Path) -> dict[str, Any]:
 
 # -- simulator and SMTP sink ----------------------------------------------------------------------
 @contextlib.contextmanager
-def simulator(work: Path) -> Iterator[tuple[str, str]]:
-    """The Dataverse simulator on a free port; yields (base URL, CA bundle path)."""
-    out, ca = work / "crm-sim.log", work / "crm-sim-ca.pem"
+def https_server(work: Path, name: str, args: Sequence[str], what: str) -> Iterator[str]:
+    """``python -m ARGS`` (a simulator announcing "listening on https://...") until the block
+    ends, its output in ``<name>.log``; yields the URL it announced."""
+    out = work / f"{name}.log"
     with out.open("w") as sink:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "router.crm.simulator",
-                "--port",
-                "0",
-                "--ca-out",
-                str(ca),
-                "--db",
-                str(work / "crm-sim.db"),
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=work,
+            [sys.executable, "-m", *args], stdout=sink, stderr=subprocess.STDOUT, cwd=work
         )
     try:
-        wait_for(
-            lambda: "listening on" in out.read_text() or proc.poll() is not None,
-            30,
-            "the Dataverse simulator",
-        )
+        wait_for(lambda: "listening on" in out.read_text() or proc.poll() is not None, 30, what)
         match = re.search(r"listening on (https://\S+)", out.read_text())
         if match is None:
-            raise RuntimeError(f"the simulator did not start:\n{out.read_text()}")
-        yield match.group(1), str(ca)
+            raise RuntimeError(f"{what} did not start:\n{out.read_text()}")
+        yield match.group(1)
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def simulator(work: Path) -> Iterator[tuple[str, str]]:
+    """The Dataverse simulator on a free port; yields (base URL, CA bundle path)."""
+    ca = work / "crm-sim-ca.pem"
+    args = ["router.crm.simulator", "--port", "0", "--ca-out", str(ca)]
+    with https_server(work, "crm-sim", [*args, "--db", str(work / "crm-sim.db")],
+                      "the Dataverse simulator") as url:  # fmt: skip
+        yield url, str(ca)
+
+
+@contextlib.contextmanager
+def graph_simulator(work: Path) -> Iterator[tuple[str, str]]:
+    """The Graph simulator (what ``email-router graph-sim`` runs) on a free port; yields (origin
+    URL, CA bundle path)."""
+    ca = work / "graph-sim-ca.pem"
+    args = ["router.graph.simulator", "--port", "0", "--ca-out", str(ca), "--exit-with-parent"]
+    with https_server(work, "graph-sim", args, "the Graph simulator") as url:
+        yield url, str(ca)
 
 
 class SinkHandler:
@@ -220,20 +236,92 @@ def smtp_sink(folder: Path) -> Iterator[int]:
         controller.stop()
 
 
+#: The graph incoming instance ``--graph`` adds (the simulator's default tenant and client).
+GRAPH_INSTANCE = """
+  <ProviderConfiguration Name="orders-graph">
+    <ProviderClass>graph</ProviderClass>
+    <Direction>Incoming</Direction>
+    <Deployment>demo</Deployment>
+    <EmailServer>$GRAPH_URL/v1.0</EmailServer>
+    <EmailUser>$GRAPH_MAILBOX</EmailUser>
+    <EmailPassword Env="GRAPH_CLIENT_SECRET"/>
+    <EmailAddress>$GRAPH_MAILBOX</EmailAddress>
+    <QueueId>00000000-0000-0000-0000-0000000000a1</QueueId>
+    <PollingPeriod>2000</PollingPeriod>
+    <AfterProcessing>seen</AfterProcessing>
+    <Parameters>
+      <Parameter Name="tenant_id">graph-sim-tenant</Parameter>
+      <Parameter Name="client_id">graph-sim-client</Parameter>
+      <Parameter Name="authority">$GRAPH_URL/graph-sim-tenant</Parameter>
+      <Parameter Name="ca_bundle">$GRAPH_CA</Parameter>
+    </Parameters>
+  </ProviderConfiguration>
+"""
+
+
 # -- the router -----------------------------------------------------------------------------------
-def write_config(work: Path, values: dict[str, object]) -> Path:
-    template = string.Template((HERE / "router.demo.xml").read_text())
+def write_config(work: Path, values: dict[str, object], graph: bool = False) -> Path:
+    """Fill in router.demo.xml (plus :data:`GRAPH_INSTANCE` when ``graph``) into the work dir."""
+    text = (HERE / "router.demo.xml").read_text()
+    if graph:
+        text = text.replace("</Configuration>", GRAPH_INSTANCE.lstrip("\n") + "</Configuration>")
     path = work / "router.xml"
-    path.write_text(template.substitute({k: str(v) for k, v in values.items()}))
+    path.write_text(string.Template(text).substitute({k: str(v) for k, v in values.items()}))
     return path
 
 
-def start_router(config: Path, work: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DEMO_MAIL_PASSWORD": PASSWORD, "CRM_CLIENT_SECRET": "demo-secret"}
+#: What the demo's configuration reads from the environment (its Env= secrets).
+SECRETS_ENV = {
+    "DEMO_MAIL_PASSWORD": PASSWORD,
+    "CRM_CLIENT_SECRET": "demo-secret",
+    "GRAPH_CLIENT_SECRET": "graph-sim-secret",  # what graph-sim accepts by default
+}
+CONSOLE_USER = "demo"
+
+
+def router_env(**extra: str) -> dict[str, str]:
+    """The environment of the demo's router processes: its secrets, no outside state URL."""
+    env = {**os.environ, **SECRETS_ENV, **extra}
     env.pop("ROUTER_STATE_URL", None)
+    return env
+
+
+def start_router(config: Path, work: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "run", "--config", str(config)], env=env, cwd=work
+        [sys.executable, "-m", "router.cli", "run", "--config", str(config)],
+        env=router_env(),
+        cwd=work,
     )
+
+
+@contextlib.contextmanager
+def console(config: Path, work: Path, password: str) -> Iterator[str]:
+    """``email-router console`` on a free port (audit log next to the state); yields its URL."""
+    out = work / "console.log"
+    env = router_env(ROUTER_CONSOLE_USER=CONSOLE_USER, ROUTER_CONSOLE_PASSWORD=password)
+    command = [sys.executable, "-m", "router.cli", "console", "--config", str(config)]
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [*command, "--port", "0"], env=env, cwd=work, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(
+            lambda: "listening on" in out.read_text() or proc.poll() is not None, 30, "the console"
+        )
+        match = re.search(r"listening on (http://\S+?)/?$", out.read_text(), re.M)
+        if match is None:
+            raise RuntimeError(f"the console did not start:\n{out.read_text()}")
+        yield match.group(1)
+    finally:
+        _stop(proc)
+
+
+def cli_command(*args: str) -> str:
+    """A shell command line that runs ``email-router ARGS`` from any directory and terminal."""
+    script = Path(sys.executable).parent / "email-router"
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "router.cli"]
+    env = [f"{k}={shlex.quote(v)}" for k, v in SECRETS_ENV.items()]
+    return " ".join(["env", "-u", "ROUTER_STATE_URL", *env, *map(shlex.quote, [*program, *args])])
 
 
 def _stop(proc: subprocess.Popen[Any], timeout: float = 40) -> int | None:
@@ -260,13 +348,22 @@ def counts(crm_url: str, ca: str, outbox: Path) -> tuple[int, int, int]:
 
 
 def watch(
-    crm_url: str, ca: str, outbox: Path, duration: float | None, router: Any, *, early: bool
+    crm_url: str,
+    ca: str,
+    outbox: Path,
+    duration: float | None,
+    router: Any,
+    *,
+    early: bool,
+    graph: bool = False,
 ) -> bool:
     """Print progress until ``duration`` passes (or Ctrl-C); True when everything arrived.
 
-    ``early``: return as soon as everything arrived.
+    ``early``: return as soon as everything arrived; ``graph``: the Graph mailbox's messages
+    count too.
     """
-    want = (seed.expected_activities(), seed.OUTBOUND_COUNT, seed.OUTBOUND_COUNT)
+    activities = seed.expected_activities() + (len(seed.graph_mail()) if graph else 0)
+    want = (activities, seed.OUTBOUND_COUNT, seed.OUTBOUND_COUNT)
     deadline = None if duration is None else time.monotonic() + duration
     last: tuple[int, int, int] | None = None
     while deadline is None or time.monotonic() < deadline:
@@ -300,6 +397,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="stop once all demo mail arrived; exit 1 if it did not (tests)",
     )
+    parser.add_argument(
+        "--graph",
+        action="store_true",
+        help="also start the Graph simulator and read a mailbox of it through Microsoft Graph",
+    )
     return parser.parse_args(argv)
 
 
@@ -315,16 +417,30 @@ def no_dovecot() -> int:
     return 2
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM: stop exactly as Ctrl-C does (once: a second signal must not cut the cleanup)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     binaries = find_dovecot()
     if binaries is None:
         return no_dovecot()
-    with contextlib.ExitStack() as stack:
-        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory("-demo")))
-        work.mkdir(parents=True, exist_ok=True)
-        return run_demo(stack, work.resolve(), binaries, args)
-    return 1
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory("-demo")))
+            work.mkdir(parents=True, exist_ok=True)
+            log(f"work directory: {work.resolve()}")
+            return run_demo(stack, work.resolve(), binaries, args)
+    except KeyboardInterrupt:  # during start-up or shutdown: everything opened is closed
+        log("stopped")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_demo(
@@ -347,34 +463,49 @@ def run_demo(
             ca=ca,
         )
     )
-    config = write_config(
-        work,
-        {
-            "STATE_DB": work / "state.db",
-            "CRM_URL": crm_url,
-            "CRM_CA": ca,
-            "IMAP_PORT": ports["imap"],
-            "POP3_PORT": ports["pop3"],
-            "SMTP_PORT": smtp_port,
-        },
-    )
+    values: dict[str, object] = {
+        "STATE_DB": work / "state.db",
+        "CRM_URL": crm_url,
+        "CRM_CA": ca,
+        "IMAP_PORT": ports["imap"],
+        "POP3_PORT": ports["pop3"],
+        "SMTP_PORT": smtp_port,
+    }
+    if args.graph:
+        values.update(start_graph(stack, work))
+    config = write_config(work, values, graph=args.graph)
     router = start_router(config, work)
     stack.callback(_stop, router)
+    password = secrets.token_urlsafe(12)
+    console_url = stack.enter_context(console(config, work, password))
     log(f"email-router run --config {config}")
     log(f"activities: {crm_url}/_admin/  (CA certificate: {ca})")
-    log(f"status:     email-router status --config {config}")
+    log(f"console:    {console_url}/  (user {CONSOLE_USER}, password {password})")
+    log(f"status:     {cli_command('status', '--config', str(config))}")
+    log(f"quarantine: {cli_command('quarantine', 'list', '--config', str(config))}")
     log(
-        "Ctrl-C stops everything"
+        "Ctrl-C (or SIGTERM) stops everything"
         + (f"; stopping after {args.duration:.0f}s" if args.duration else "")
     )
     try:
-        complete = watch(crm_url, ca, outbox, args.duration, router, early=args.check)
+        complete = watch(
+            crm_url, ca, outbox, args.duration, router, early=args.check, graph=args.graph
+        )
     except KeyboardInterrupt:
         complete = False
     log("stopping")
     code = _stop(router)
     log(f"email-router run exited with {code}")
     return 1 if args.check and (not complete or code != 0) else 0
+
+
+def start_graph(stack: contextlib.ExitStack, work: Path) -> dict[str, object]:
+    """Start the Graph simulator, seed its mailbox; the values :data:`GRAPH_INSTANCE` needs."""
+    graph_url, graph_ca = stack.enter_context(graph_simulator(work))
+    count = seed.seed_graph(graph_url, graph_ca)
+    log(f"Graph simulator {graph_url} (CA certificate: {graph_ca})")
+    log(f"seeded {count} messages for {seed.ORDERS} (Microsoft Graph, instance orders-graph)")
+    return {"GRAPH_URL": graph_url, "GRAPH_CA": graph_ca, "GRAPH_MAILBOX": seed.ORDERS}
 
 
 if __name__ == "__main__":

@@ -6,10 +6,15 @@ Used by ``docker compose`` (the ``certs`` and ``seed`` services) and by ``make d
     seed.py certs --out DIR [--name HOST ...]     CA + server certificate (trustme)
     seed.py seed --imap-host H --imap-port P --password PW --crm-url URL --ca CA.pem
     seed.py activities --crm-url URL --ca CA.pem  what the router created in the simulator
+    seed.py graph --graph-url URL --ca CA.pem     demo mail into the Graph simulator's mailbox
 
 Demo mailboxes: ``sales@demo.example`` (read over IMAP) and ``support@demo.example`` (POP3).
 Pending outbound emails belong to :data:`OWNER_ID`, the user the outgoing instance serves.
+The simulator's directory tables get the demo's users, queue, server profile and mailbox records
+(:func:`seed_directory`), so ``email-router mailboxes load`` has something to show.
 The simulator's ``/_admin`` API answers loopback callers unless started with ``--admin-allow``.
+The Graph simulator's ``/admin`` API answers loopback callers only: ``graph`` runs on its host
+(``make demo --graph``) or in its network namespace (compose's ``graph-seed`` service).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ OWNER_ID = "00000000-0000-0000-0000-0000000000d1"
 #: The CRM queue the demo's incoming instances deliver for.
 QUEUE_ID = "00000000-0000-0000-0000-0000000000a1"
 OUTBOUND_COUNT = 3
+#: A CRM user whose mailbox is still waiting for approval (not run by <LoadMailboxes>).
+NEW_USER, NEW_USER_ID = "nora@demo.example", "00000000-0000-0000-0000-0000000000d2"
 
 
 # -- demo mail ------------------------------------------------------------------------------------
@@ -162,18 +169,99 @@ def seed_outbound(crm_url: str, ca: str, count: int = OUTBOUND_COUNT) -> list[st
     return list(admin(crm_url, ca, "seed", spec)["ids"])
 
 
+#: The demo's server profile record (the router keeps the servers in its own <EmailServerProfile>).
+PROFILE_ID = "00000000-0000-0000-0000-0000000000f1"
+
+
+def seed_directory(crm_url: str, ca: str) -> int:
+    """The CRM's users, queue, server profile and mailboxes of the demo; the mailbox count.
+
+    ``sales@`` (a user) and ``support@`` (a queue) are approved for server-side sync; a third
+    user's mailbox waits for approval, so ``mailboxes load`` shows a skipped record too.
+    """
+    org = {"org": "default"}
+    admin(crm_url, ca, "tables/systemusers", {**org, "rows": [
+        {"systemuserid": OWNER_ID, "fullname": "Sam Sales", "internalemailaddress": SALES},
+        {"systemuserid": NEW_USER_ID, "fullname": "Nora New", "internalemailaddress": NEW_USER},
+    ]})  # fmt: skip
+    admin(crm_url, ca, "tables/queues", {**org, "rows": [
+        {"queueid": QUEUE_ID, "name": "Support", "emailaddress": SUPPORT},
+    ]})  # fmt: skip
+    admin(crm_url, ca, "tables/emailserverprofiles", {**org, "rows": [
+        {"emailserverprofileid": PROFILE_ID, "name": "Demo Dovecot", "servertype": 4,
+         "incomingserverlocation": "127.0.0.1", "outgoingserverlocation": "127.0.0.1"},
+    ]})  # fmt: skip
+    mailboxes = [
+        (SALES, OWNER_ID, "systemuser", 1), (SUPPORT, QUEUE_ID, "queue", 1),
+        (NEW_USER, NEW_USER_ID, "systemuser", 2),
+    ]  # fmt: skip
+    rows = [
+        {"name": address, "emailaddress": address, "_regardingobjectid_value": owner,
+         "regardingobjecttype": kind, "emailrouteraccessapproval": approval,
+         "_emailserverprofile_value": PROFILE_ID}
+        for address, owner, kind, approval in mailboxes
+    ]  # fmt: skip
+    return len(admin(crm_url, ca, "tables/mailboxes", {**org, "rows": rows})["ids"])
+
+
 def seed_all(args: argparse.Namespace) -> None:
     sales = append_imap(args.imap_host, args.imap_port, SALES, args.password, sales_mail())
     support = append_imap(args.imap_host, args.imap_port, SUPPORT, args.password, support_mail())
     print(f"seeded {sales} messages for {SALES} (IMAP), {support} for {SUPPORT} (POP3)")
     ids = seed_outbound(args.crm_url, args.ca)
     print(f"seeded {len(ids)} pending outbound emails in the CRM simulator")
+    count = seed_directory(args.crm_url, args.ca)
+    print(f"seeded {count} mailbox records (users, a queue, a server profile) in the simulator")
 
 
 def activities(crm_url: str, ca: str) -> list[dict[str, Any]]:
     """Every email record in the simulator (incoming activities and outbound emails)."""
     rows = admin(crm_url, ca, "emails")
     return list(rows.get("value", rows) if isinstance(rows, dict) else rows)
+
+
+# -- Microsoft Graph (optional second mail source) -------------------------------------------------
+#: The simulated Exchange Online mailbox the demo's graph instance reads.
+ORDERS = "orders@demo.example"
+
+
+def graph_mail() -> list[bytes]:
+    """Three messages for the simulated Exchange Online mailbox (read through Graph)."""
+    return [
+        _message(f"Buyer {n} <b{n}@customer.demo.example>", ORDERS, subject, body).as_bytes()
+        for n, (subject, body) in enumerate(
+            [
+                ("Purchase order 7001", "Please confirm purchase order 7001."),
+                ("Delivery address change", "Ship order 6990 to our new warehouse."),
+                ("Order cancellation", "Please cancel order 6987."),
+            ],
+            1,
+        )
+    ]
+
+
+def seed_graph(graph_url: str, ca: str, mailbox: str = ORDERS) -> int:
+    """Put :func:`graph_mail` into ``mailbox``'s inbox through the Graph simulator's admin API.
+
+    ``graph_url`` is the simulator's origin (``https://127.0.0.1:8443``, no ``/v1.0``); retries
+    while it starts.
+    """
+    import base64
+
+    import requests
+
+    url = f"{graph_url.rstrip('/')}/admin/mailboxes/{mailbox}/folders/inbox/messages"
+    payload = {"mime": [base64.b64encode(raw).decode("ascii") for raw in graph_mail()]}
+    for attempt in range(30):
+        try:
+            resp = requests.post(url, json=payload, verify=ca, timeout=10)
+            resp.raise_for_status()
+            return len(resp.json()["ids"])
+        except requests.ConnectionError:
+            if attempt == 29:
+                raise
+            time.sleep(1)
+    return 0
 
 
 # -- certificates ---------------------------------------------------------------------------------
@@ -213,6 +301,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for p in (seed, sub.add_parser("activities", help="list what the simulator holds")):
         p.add_argument("--crm-url", default="https://127.0.0.1:8080")
         p.add_argument("--ca", default="/certs/ca.pem")
+    graph = sub.add_parser("graph", help="demo mail into the Graph simulator's mailbox")
+    graph.add_argument("--graph-url", default="https://127.0.0.1:8443")
+    graph.add_argument("--ca", default="/certs/ca.pem")
+    graph.add_argument("--mailbox", default=ORDERS)
     return parser.parse_args(argv)
 
 
@@ -222,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_certs(args.out, [*args.name, "127.0.0.1", "localhost"])
     elif args.command == "seed":
         seed_all(args)
+    elif args.command == "graph":
+        count = seed_graph(args.graph_url, args.ca, args.mailbox)
+        print(f"seeded {count} messages for {args.mailbox} (Graph simulator)")
     else:
         for row in _rows(activities(args.crm_url, args.ca)):
             print(row)

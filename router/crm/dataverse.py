@@ -1,6 +1,6 @@
 """The Dataverse (Dynamics 365) CRM adapter over the Web API with OAuth 2.0 client credentials.
 
-Use :class:`DataverseAdapter` (built by ``router.service.make_crm`` from a ``<Deployment>``) to
+Use :class:`DataverseAdapter` (built by ``router.crm.factory.make_crm`` from a ``<Deployment>``) to
 deliver incoming email as activities and to send the CRM's outgoing email.
 
 Features:
@@ -9,6 +9,9 @@ Features:
       receiving mailbox. :meth:`~DataverseAdapter.deliver_many` sends many activities through
       ``$batch`` (``batch_size`` per request, ``Prefer: odata.continue-on-error``, one result
       per activity) with up to ``max_workers`` batches in flight.
+    * Tracking filters: :meth:`~DataverseAdapter.screen` asks CheckIncomingEmail (``$batch``)
+      about the messages of owners whose filtering method is not "all messages"
+      (:mod:`router.crm.dataverse_filters`).
     * Outgoing: BackgroundSendEmail with a FetchXML query for the owners' Pending Send emails,
       parties and attachments fetched in one ``$batch``; SendEmail(IssueSend=false) marks Sent;
       a PATCH to Failed (8) plus a note with the reason; ``deliveryattempts`` updates.
@@ -32,12 +35,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from router.crm.base import CrmAdapter, DeliveryTarget, Owners
+from router.config import Deployment
+from router.crm import dataverse_mailboxes
+from router.crm.base import CrmAdapter, DeliveryTarget, MailboxRecord, Owners, Verdict
 from router.crm.dataverse_auth import TokenSource, default_authority
 from router.crm.dataverse_batch import Part, PartResult, build_batch, parse_batch
+from router.crm.dataverse_filters import TrackingFilters
 from router.crm.dataverse_http import (
     HARD_MAX_CONNECTIONS,
     RETRYABLE_STATUS,
@@ -61,28 +67,15 @@ from router.crm.dataverse_payloads import (
     outbound_email,
     pending_fetchxml,
 )
+from router.crm.tracking import REASONS
 from router.errors import CrmAuthError, CrmError, CrmRejected, CrmUnavailable
 from router.models import Activity, Attachment, DeliveryResult, OutboundEmail
-
-if TYPE_CHECKING:
-    from router.config import Deployment
 
 log = logging.getLogger("router.crm.dataverse")
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 DELIVER = "emails/Microsoft.Dynamics.CRM.DeliverIncomingEmail"
 MAX_URL = 2048  # longer CheckIncomingEmail URLs go through $batch (servers cap URL lengths)
-REASONS = {
-    -1: "Unknown",
-    0: "Duplicate",
-    1: "NoCorrelationMatch",
-    2: "CorrelationMatch",
-    3: "NoRecipientMatch",
-    4: "InternalEmailReject",
-    5: "SenderMatch",
-    6: "AcceptAll",
-    7: "InvalidSender",
-}
 
 
 @dataclass(frozen=True)
@@ -143,6 +136,7 @@ class DataverseAdapter(CrmAdapter):
         self.api = WebApi(base_url, self.tokens, session, timeout, self.options.retry, sleep)
         self._sleep = sleep
         self._recent = RecentDeliveries()
+        self.filters = TrackingFilters(self._batch, part_error, self.options.shapes)
 
     def __repr__(self) -> str:
         return f"DataverseAdapter({self.server_url!r}, client_id={self.tokens.client_id!r})"
@@ -212,6 +206,11 @@ class DataverseAdapter(CrmAdapter):
                 f"({REASONS.get(code, 'unknown')})"
             )
         return DeliveryResult(self._deliver_now(activity, target))
+
+    def screen(self, items: Sequence[tuple[Activity, DeliveryTarget]]) -> list[Verdict]:
+        """The owners' tracking filters: CheckIncomingEmail in ``$batch``, only for owners whose
+        filtering method is not "all messages" (:mod:`router.crm.dataverse_filters`)."""
+        return self.filters.screen(items)
 
     def _deliver_now(self, activity: Activity, target: DeliveryTarget) -> str:
         inline = not self._separate(activity)
@@ -481,7 +480,24 @@ class DataverseAdapter(CrmAdapter):
         path = f"emails({_guid(email_id)})?$select=statuscode"
         return int(self.api.call("GET", path, "read status").json()["statuscode"])
 
+    # -- mailboxes defined in the CRM (router.crm.dataverse_mailboxes) ------------------------
+
+    def list_mailboxes(self) -> list[MailboxRecord]:
+        return dataverse_mailboxes.list_mailboxes(self.api)
+
+    def record_mailbox_test(
+        self, mailbox_id: str, incoming: bool, reason: str | None, reason_column: str | None
+    ) -> None:
+        dataverse_mailboxes.record_test(
+            self.api, _guid(mailbox_id), incoming, reason, reason_column
+        )
+
     # -- housekeeping ------------------------------------------------------------------------
+
+    def check_credentials(self) -> str:
+        """Get a token from the authority (client credentials): ``test-access``'s first step."""
+        self.tokens.token()
+        return f"ok from {self.tokens.authority} (client {self.tokens.client_id})"
 
     def who_am_i(self) -> str:
         return str(self.api.call("GET", "WhoAmI", "WhoAmI").json()["UserId"])
@@ -499,10 +515,12 @@ class RecentDeliveries:
         self._lock = threading.Lock()
 
     def get(self, message_id: str) -> str | None:
+        """The activity id recently created for ``message_id``, if remembered."""
         with self._lock:
             return self._items.get(message_id)
 
     def remember(self, message_id: str, activity_id: str) -> None:
+        """Remember a created activity, forgetting the oldest beyond the size bound."""
         with self._lock:
             self._items[message_id] = activity_id
             self._items.move_to_end(message_id)

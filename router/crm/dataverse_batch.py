@@ -36,6 +36,7 @@ class PartResult:
     body: Any = None
 
     def error_text(self) -> str:
+        """The first line of the part's OData error (code: message), at most 300 characters."""
         err = self.body.get("error", {}) if isinstance(self.body, dict) else {}
         text = f"{err.get('code', '?')}: {err.get('message', '')}" if err else f"HTTP {self.status}"
         return text.strip().splitlines()[0][:300]

@@ -16,6 +16,10 @@ Connections come from one pooled :class:`requests.Session`; ``max_connections`` 
 connections in use at once (``pool_block``), which keeps the adapter under Dataverse's limit of
 52 concurrent requests per user. ``ca_bundle`` is honoured even when ``REQUESTS_CA_BUNDLE`` is
 set in the environment (requests would otherwise let the environment win over the session).
+
+Only HTTPS leaves this module: the session refuses any other URL before connecting - redirects
+and token endpoints found by discovery included - so the bearer token and the client secret never
+travel in clear text, even if an ``http://`` URL got past the configuration loader.
 """
 
 from __future__ import annotations
@@ -28,16 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from router.errors import CrmAuthError, CrmError, CrmRejected, CrmUnavailable
-
-if TYPE_CHECKING:
-    from router.crm.dataverse_auth import TokenSource
 
 log = logging.getLogger("router.crm.dataverse")
 
@@ -49,6 +51,22 @@ ODATA_HEADERS = {
 }
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 HARD_MAX_CONNECTIONS = 50  # Dataverse allows 52 concurrent requests per user and web server
+
+
+class Tokens(Protocol):
+    """Where :class:`WebApi` gets its bearer tokens: a ``dataverse_auth.TokenSource``, or a fake.
+
+    Declared here, below the token source, because the token source uses this module's session
+    and errors: the transport needs only these two calls.
+    """
+
+    def token(self) -> str:
+        """A valid access token, cached until shortly before it expires."""
+        ...
+
+    def refresh(self, stale: str | None = None) -> str:
+        """A new token after a 401, unless another thread already replaced ``stale``."""
+        ...
 
 
 class MaybeSent(CrmUnavailable):
@@ -79,13 +97,42 @@ class RetryPolicy:
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
 
 
+class InsecureUrl(requests.exceptions.InvalidURL):
+    """Raised by :class:`PinnedSession`, before connecting, for a URL that is not https://."""
+
+
+def insecure_text(url: str, what: str) -> str:
+    """Why ``url`` is refused; names the origin only (scheme, host, port), never a query."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme or '?'}://{parts.netloc}"
+    return (
+        f"{what}: refusing {origin}: the bearer token and the client secret travel only to "
+        "https:// URLs - make <CrmServerUrl> and <Authority> https:// URLs"
+    )
+
+
+def require_https(url: str, what: str) -> None:
+    """Raise CrmAuthError (the instance stops) unless ``url`` is an https:// URL."""
+    if not url.strip().lower().startswith("https://"):
+        raise CrmAuthError(insecure_text(url.strip(), what))
+
+
 class PinnedSession(requests.Session):
-    """A Session whose ``verify`` is not overridden by ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``."""
+    """A Session that speaks HTTPS only and whose ``verify`` is not overridden by
+    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``."""
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("verify") is None:
             kwargs["verify"] = self.verify
         return super().request(method, url, *args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        # Every request goes through here, redirects included (requests re-sends them with
+        # send()), so a 302 to http:// or an http:// token endpoint never gets a byte.
+        url = str(request.url or "")
+        if not url.lower().startswith("https://"):
+            raise InsecureUrl(insecure_text(url, f"{request.method} request"))
+        return super().send(request, **kwargs)
 
 
 def make_session(ca_bundle: str | None, max_connections: int) -> requests.Session:
@@ -108,7 +155,6 @@ def make_session(ca_bundle: str | None, max_connections: int) -> requests.Sessio
     )
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, pool_block=True, max_retries=retry)
     session.mount("https://", adapter)
-    session.mount("http://", adapter)
     return session
 
 
@@ -143,12 +189,13 @@ class WebApi:
     def __init__(
         self,
         base_url: str,
-        tokens: TokenSource,
+        tokens: Tokens,
         session: requests.Session,
         timeout: tuple[float, float] = (10.0, 120.0),
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        require_https(base_url, "<CrmServerUrl>")
         self.base_url = base_url.rstrip("/") + "/"
         self.tokens, self.session, self.timeout = tokens, session, timeout
         self.policy = policy or RetryPolicy()
@@ -157,6 +204,7 @@ class WebApi:
         self._stats_lock = threading.Lock()
 
     def url(self, path: str) -> str:
+        """The absolute URL of ``path`` (relative to the Web API) or of a full https:// link."""
         return path if path.startswith("https://") else self.base_url + path.lstrip("/")
 
     def call(
@@ -182,7 +230,7 @@ class WebApi:
             token = self.tokens.token()
             try:
                 response = self._send(method, path, token, json, data, headers)
-            except requests.exceptions.SSLError as exc:
+            except (requests.exceptions.SSLError, InsecureUrl) as exc:
                 raise transport_error(exc, what) from None
             except requests.RequestException as exc:
                 if not idempotent and not _never_sent(exc):
@@ -277,7 +325,10 @@ def describe(exc: BaseException) -> str:
 
 
 def transport_error(exc: requests.RequestException, where: str) -> CrmError:
-    """A failed TLS check is a configuration problem (stop); anything else is passing (retry)."""
+    """A failed TLS check or a non-HTTPS URL is a configuration problem (stop); anything else
+    is passing (retry)."""
+    if isinstance(exc, InsecureUrl):
+        return CrmAuthError(f"{where}: {exc}")
     if isinstance(exc, requests.exceptions.SSLError):
         return CrmAuthError(
             f"{where}: TLS verification failed ({describe(exc)}) - check <CaBundle>"

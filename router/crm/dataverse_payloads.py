@@ -1,6 +1,8 @@
 """Request and response shapes of the Dataverse adapter (pure functions, no I/O).
 
-* Incoming: :func:`check_incoming_path` (CheckIncomingEmail with ``@p`` aliases),
+* Incoming: :func:`check_incoming_path` (CheckIncomingEmail with ``@p`` aliases; the id the
+  message answers in ``ExtraProperties`` for the owners' tracking filters),
+  :func:`filtering_method_path` (an owner's ``incomingemailfilteringmethod``),
   :func:`deliver_params` (DeliverIncomingEmail), :func:`extra_properties`,
   :func:`attachment_entity`.
 * Outgoing: :func:`pending_fetchxml` (the BackgroundSendEmail query for an instance's owners),
@@ -13,6 +15,7 @@ the most plausible reading where it is not; they are kept here, in one place, fo
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +23,12 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from router.crm.base import DeliveryTarget, Owners
+from router.crm.tracking import answered_ids
+from router.mail.limits import SENDER_MAX, SUBJECT_MAX, TO_MAX, clip, fit_addresses, fit_message_id
 from router.models import Activity, Address, Attachment, OutboundEmail
 
 NS = "Microsoft.Dynamics.CRM."
 FETCH_MAX = 5000  # the most records one FetchXML page returns
-SUBJECT_MAX = 800  # email.subject: longer subjects are refused by Dataverse, so we cut them
 PENDING_SEND, SENT, FAILED = 6, 3, 8
 PRIORITY_TO_IMPORTANCE = {0: "low", 1: "normal", 2: "high"}
 PARTY_MASKS = {"from": 1, "to": 2, "cc": 3, "bcc": 4}
@@ -62,17 +66,31 @@ class Shapes:
     address_separator: str = ";"
     owner_binding: str | None = "ownerid@odata.bind"
     queue_binding: str | None = "queueid@odata.bind"
+    #: CheckIncomingEmail's ``ExtraProperties`` (an email entity) carries ``inreplyto`` - the
+    #: id the message answers - so "responses to CRM email" filters can correlate (unconfirmed:
+    #: the SDK request has ExtraProperties; False leaves it out, the subject's token remains).
+    check_in_reply_to: bool = True
+    #: Where an owner's tracking filter is read: users keep it in ``usersettings`` (keyed by
+    #: the systemuserid), queues on the queue itself.
+    user_filter_table: str = "usersettingscollection"
+    queue_filter_table: str = "queues"
 
 
 DEFAULT_SHAPES = Shapes()
 
 
 def _check_values(activity: Activity, shapes: Shapes) -> list[str]:
+    """CheckIncomingEmail's MessageId, Subject, From, To, Cc, Bcc.
+
+    Function parameters are not columns: the address lists go whole (the CRM matches its users
+    and queues against every recipient; a long URL goes through $batch), only the Message-ID
+    and the subject take the values the activity will be stored with.
+    """
     sender = activity.sender.email if activity.sender else ""
     join = shapes.address_separator.join
     return [
-        activity.message_id,
-        activity.subject[:SUBJECT_MAX],
+        fit_message_id(activity.message_id),
+        clip(activity.subject, SUBJECT_MAX),
         sender,
         join(a.email for a in activity.to),
         join(a.email for a in activity.cc),
@@ -80,12 +98,42 @@ def _check_values(activity: Activity, shapes: Shapes) -> list[str]:
     ]
 
 
-def check_incoming_path(activity: Activity, shapes: Shapes = DEFAULT_SHAPES) -> str:
-    """``CheckIncomingEmail(MessageId=@p1,...)?@p1='...'&...`` for ``activity``."""
-    names = ",".join(f"{n}=@p{i}" for i, n in enumerate(CHECK_PARAMS, 1))
-    values = _check_values(activity, shapes)
-    query = "&".join(f"@p{i}={odata_string(v)}" for i, v in enumerate(values, 1))
-    return f"CheckIncomingEmail({names})?{query}"
+def _deliver_values(activity: Activity, shapes: Shapes) -> list[str]:
+    """DeliverIncomingEmail's MessageId, Subject, From, To, Cc, Bcc, fitted to their columns.
+
+    Dataverse refuses a value longer than its column (router.mail.limits), so the Message-ID is
+    shortened by the router's one rule and the subject, sender and To list are cut with a
+    marker. Cc and Bcc become activity parties only (the email table has no column for them),
+    so they go whole.
+    """
+    message_id, subject, sender, to, cc, bcc = _check_values(activity, shapes)
+    to = fit_addresses((a.email for a in activity.to), TO_MAX, shapes.address_separator)
+    return [message_id, subject, clip(sender, SENDER_MAX), to, cc, bcc]
+
+
+def check_incoming_path(
+    activity: Activity, shapes: Shapes = DEFAULT_SHAPES, *, correlate: bool = False
+) -> str:
+    """``CheckIncomingEmail(MessageId=@p1,...)?@p1='...'&...`` for ``activity``.
+
+    ``correlate`` (the tracking filters' check) adds the id the message answers; the
+    duplicate check before a repeated delivery does without it.
+    """
+    names = [f"{n}=@p{i}" for i, n in enumerate(CHECK_PARAMS, 1)]
+    values = [odata_string(v) for v in _check_values(activity, shapes)]
+    answers = answered_ids(activity.in_reply_to, activity.references)
+    if correlate and shapes.check_in_reply_to and answers:
+        names.append(f"ExtraProperties=@p{len(names) + 1}")
+        entity = {"@odata.type": f"{NS}email", "inreplyto": fit_message_id(answers[0])}
+        values.append(quote(json.dumps(entity, separators=(",", ":")), safe=""))
+    query = "&".join(f"@p{i}={v}" for i, v in enumerate(values, 1))
+    return f"CheckIncomingEmail({','.join(names)})?{query}"
+
+
+def filtering_method_path(kind: str, owner_id: str, shapes: Shapes = DEFAULT_SHAPES) -> str:
+    """The GET of a user's (``kind`` "user") or queue's ``incomingemailfilteringmethod``."""
+    table = shapes.user_filter_table if kind == "user" else shapes.queue_filter_table
+    return f"{table}({owner_id})?$select=incomingemailfilteringmethod"
 
 
 def extra_properties(target: DeliveryTarget, shapes: Shapes = DEFAULT_SHAPES) -> dict[str, Any]:
@@ -108,7 +156,7 @@ def deliver_params(
     received = activity.received_on or datetime.now(UTC)
     if received.tzinfo is None:
         received = received.replace(tzinfo=UTC)
-    message_id, subject, sender, to, cc, bcc = _check_values(activity, shapes)
+    message_id, subject, sender, to, cc, bcc = _deliver_values(activity, shapes)
     return {
         "MessageId": message_id,
         "Subject": subject,
@@ -196,7 +244,13 @@ def entities_of(answer: dict[str, Any]) -> tuple[list[dict[str, Any]], list[bool
 def outbound_email(
     entity: dict[str, Any], parties: list[dict[str, Any]], attachments: list[dict[str, Any]]
 ) -> OutboundEmail:
-    """An :class:`OutboundEmail` from the email entity, its parties and its attachments."""
+    """An :class:`OutboundEmail` from the email entity, its parties and its attachments.
+
+    Each party's ``addressused`` is kept as the CRM wrote it - it may be ``Name <a@b>`` or
+    hostile text - and parsed when the email is composed (:mod:`router.mail.addresses`): parsing
+    here would have to refuse the whole pending list for one bad address, while there it fails
+    only the email it belongs to.
+    """
     by_mask: dict[int, list[Address]] = {1: [], 2: [], 3: [], 4: []}
     for party in parties:
         address = party.get("addressused")

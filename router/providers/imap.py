@@ -12,15 +12,20 @@ Features:
 * post-processing of delivered messages: ``seen`` (\\Seen), ``delete`` (\\Deleted + UID EXPUNGE
   with UIDPLUS, else EXPUNGE), ``move:Folder`` (UID MOVE, else COPY + delete; the folder is
   created when missing). Only refs of the current UIDVALIDITY are touched.
+* IMAP IDLE push: :meth:`ImapProvider.idle_connection` opens the connection a
+  :mod:`router.push` watcher IDLEs on (same TLS, credentials and folder as the polls).
 
 Connection: ``<EmailServer>``, ``<EmailPort>`` (default 993 for ``ssl``, 143 otherwise),
 ``<EmailSecurity>`` ``ssl`` | ``starttls`` | ``none``, ``<EmailAuthMode>`` ``password`` |
 ``xoauth2`` (token from ``<EmailPassword>`` or the ``token_provider`` function), ``<EmailUser>``,
-``<EmailPassword>``.
+``<EmailPassword>``. ``LOGIN`` carries only ASCII, so a user name or password with other
+characters logs in with ``AUTHENTICATE PLAIN`` (UTF-8, RFC 4616) when the server offers it.
 
 Options (``<Parameters>``): ``folder`` (default INBOX), ``timeout`` (seconds, default 30),
 ``fetch_batch`` (messages per FETCH, default 50), ``fetch_batch_bytes`` (default 8 MB),
-``ca_bundle``, ``tls_verify`` (default true), ``token_provider`` (``package.module:function``).
+``ca_bundle``, ``tls_verify`` (default true), ``token_provider`` (``package.module:function``);
+for XOAUTH2 with client credentials (Microsoft 365) ``tenant_id``, ``client_id`` and ``authority``,
+the client secret in ``<EmailPassword>`` (:mod:`router.providers.credentials`).
 Folder names (``folder``, ``move:Folder``) use ``/`` between levels, whatever the server's own
 hierarchy delimiter is (``Archive/CRM`` becomes ``Archive.CRM`` on Dovecot's default layout).
 """
@@ -28,6 +33,7 @@ hierarchy delimiter is (``Archive/CRM`` becomes ``Archive.CRM`` on Dovecot's def
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import logging
 import ssl
@@ -39,10 +45,15 @@ from imapclient.exceptions import LoginError
 from pydantic import Field
 
 from router.config import ProviderConfiguration
-from router.errors import ConfigError, ProviderProtocolError
+from router.errors import (
+    ConfigError,
+    ProviderAuthError,
+    ProviderProtocolError,
+    ProviderUnavailable,
+)
 from router.models import InboundMessage, MessageRef
 from router.providers.base import IncomingProvider, InstanceState, JsonDict
-from router.providers.credentials import Credentials
+from router.providers.credentials import Credentials, OAuthOptions
 from router.providers.tls import TlsOptions
 
 log = logging.getLogger(__name__)
@@ -51,7 +62,7 @@ log = logging.getLogger(__name__)
 SIZE_CHUNK = 500
 
 
-class ImapOptions(TlsOptions):
+class ImapOptions(TlsOptions, OAuthOptions):
     """``<Parameters>`` of the imap provider."""
 
     folder: str = Field("INBOX", min_length=1)
@@ -87,7 +98,7 @@ class ImapProvider(IncomingProvider):
 
     alias = "imap"
     options_model = ImapOptions
-    capabilities = frozenset({"fetch_many", "seen", "move", "delete"})
+    capabilities = frozenset({"fetch_many", "seen", "move", "delete", "idle"})
     retryable_errors = (*IncomingProvider.retryable_errors, imaplib.IMAP4.abort)
     auth_errors = (ssl.SSLCertVerificationError, LoginError)
     protocol_errors = (imaplib.IMAP4.error,)
@@ -96,7 +107,12 @@ class ImapProvider(IncomingProvider):
         super().__init__(config)
         if not config.email_server:
             raise ConfigError(f"{config.name}: <EmailServer> is required")
-        self.credentials = Credentials(config, self.options.token_provider)
+        self.credentials = Credentials(
+            config,
+            self.options.token_provider,
+            oauth=self.options,
+            ca_bundle=self.options.ca_bundle,
+        )
         self.security = config.email_security
         self.port = config.email_port or (993 if self.security == "ssl" else 143)
         self._client: IMAPClient | None = None
@@ -131,10 +147,26 @@ class ImapProvider(IncomingProvider):
             raise
 
     def _login(self, client: IMAPClient) -> None:
+        user = self.credentials.user
         if self.credentials.mode == "xoauth2":
-            client.oauth2_login(self.credentials.user, self.credentials.secret())
+            login = functools.partial(client.oauth2_login, user)
+            self.credentials.login_with_token(login, refused=(LoginError,))
+            return
+        secret = self.credentials.secret()
+        if user.isascii() and secret.isascii():
+            client.login(user, secret)
         else:
-            client.login(self.credentials.user, self.credentials.secret())
+            self._plain_login(client, user, secret)
+
+    def _plain_login(self, client: IMAPClient, user: str, secret: str) -> None:
+        """``AUTHENTICATE PLAIN``: UTF-8 credentials, which imaplib's LOGIN cannot encode."""
+        if not client.has_capability("AUTH=PLAIN"):
+            raise ProviderAuthError(
+                f"{self.name}: <EmailUser> or <EmailPassword> has non-ASCII characters, which "
+                f"IMAP LOGIN cannot carry, and {self.config.email_server} offers no "
+                "AUTHENTICATE PLAIN: use an ASCII password (or xoauth2)"
+            )
+        client.plain_login(user, secret)
 
     def _close(self) -> None:
         client, self._client = self._client, None
@@ -148,8 +180,26 @@ class ImapProvider(IncomingProvider):
             client.shutdown()
             raise
 
+    def idle_connection(self) -> IMAPClient:
+        """A new logged-in client with the folder selected read-only, for IMAP IDLE.
+
+        The caller (:mod:`router.push`) owns and closes it; it is not this provider's cycle
+        connection. Raises what :meth:`open` raises (ProviderUnavailable, ProviderAuthError).
+        """
+        with self.wrap("connect for IDLE"):
+            self._connect()
+            try:
+                self.client.select_folder(self._server_name(self.options.folder), readonly=True)
+            except BaseException:
+                self.close()
+                raise
+            client, self._client = self.client, None
+            self._delimiter = None
+        return client
+
     @property
     def client(self) -> IMAPClient:
+        """The connected client; ProviderProtocolError before ``open()``."""
         if self._client is None:
             raise ProviderProtocolError(f"{self.name}: not connected (call open() first)")
         return self._client
@@ -259,8 +309,8 @@ class ImapProvider(IncomingProvider):
 
     def _uid_of(self, ref: MessageRef, validity: int) -> int:
         ref_validity, uid = parse_key(ref.key)
-        if ref_validity != validity:
-            raise ProviderProtocolError(
+        if ref_validity != validity:  # the folder changed, not the message: retry the cycle
+            raise ProviderUnavailable(
                 f"{self.name}: {ref.key}: the folder's UIDVALIDITY is now {validity}; list again"
             )
         return uid

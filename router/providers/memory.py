@@ -38,6 +38,7 @@ class Mailbox:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def append(self, raw: bytes) -> int:
+        """Deliver ``raw`` to the mailbox (tests do); return its UID."""
         with self.lock:
             uid = self.next_uid
             self.messages[uid], self.flags[uid] = raw, set()
@@ -104,7 +105,11 @@ class MemoryIncomingProvider(IncomingProvider):
 
 
 class MemoryOutgoingProvider(OutgoingProvider):
-    """Appends what it sends to :data:`OUTBOX`; recipients at ``reject.invalid`` are refused."""
+    """Appends what it sends to :data:`OUTBOX`; recipients at ``reject.invalid`` are refused.
+
+    It has no commit point: the base records "submitted" before ``_submit`` (at-most-once),
+    and ``email`` names only the recipients of the attempt (a retry: the 4xx-refused ones).
+    """
 
     alias = "memory-out"
     options_model = MemoryOptions

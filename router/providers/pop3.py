@@ -16,12 +16,15 @@ Connection: ``<EmailServer>``, ``<EmailPort>`` (default 995 for ``ssl``, 110 oth
 
 Options (``<Parameters>``): ``timeout`` (seconds, default 30), ``fetch_batch`` (RETR commands
 sent at once when the server offers PIPELINING, RFC 2449; default 50), ``ca_bundle``,
-``tls_verify`` (default true), ``token_provider`` (``package.module:function``, for xoauth2).
+``tls_verify`` (default true), ``token_provider`` (``package.module:function``, for xoauth2);
+``tenant_id``, ``client_id``, ``authority`` for XOAUTH2 tokens by client credentials (Microsoft 365,
+the client secret in ``<EmailPassword>``; :mod:`router.providers.credentials`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import poplib
 import ssl
@@ -39,7 +42,7 @@ from router.errors import (
 )
 from router.models import InboundMessage, MessageRef
 from router.providers.base import IncomingProvider, InstanceState, JsonDict
-from router.providers.credentials import Credentials
+from router.providers.credentials import Credentials, OAuthOptions
 from router.providers.tls import TlsOptions
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ MAX_LINE = 1 << 20
 TRANSIENT_CODES = ("[IN-USE]", "[SYS/TEMP]", "[LOGIN-DELAY]")
 
 
-class Pop3Options(TlsOptions):
+class Pop3Options(TlsOptions, OAuthOptions):
     """``<Parameters>`` of the pop3 provider."""
 
     timeout: float = Field(30.0, gt=0, le=3600)
@@ -101,7 +104,12 @@ class Pop3Provider(IncomingProvider):
                 f"{config.name}: <AfterProcessing> {config.after_processing!r} is not possible "
                 "with POP3 (no flags, no folders): use leave or delete"
             )
-        self.credentials = Credentials(config, self.options.token_provider)
+        self.credentials = Credentials(
+            config,
+            self.options.token_provider,
+            oauth=self.options,
+            ca_bundle=self.options.ca_bundle,
+        )
         self.security = config.email_security
         self.port = config.email_port or (995 if self.security == "ssl" else 110)
         self._client: poplib.POP3 | None = None
@@ -135,7 +143,8 @@ class Pop3Provider(IncomingProvider):
     def _login(self, client: poplib.POP3) -> None:
         try:
             if self.credentials.mode == "xoauth2":
-                self._xoauth2(client)
+                xoauth2 = functools.partial(self._xoauth2, client)
+                self.credentials.login_with_token(xoauth2, refused=(poplib.error_proto,))
             else:
                 client.user(self.credentials.user)
                 client.pass_(self.credentials.secret())
@@ -145,13 +154,13 @@ class Pop3Provider(IncomingProvider):
                 raise ProviderUnavailable(f"{self.name}: login deferred: {text}") from None
             raise ProviderAuthError(f"{self.name}: login refused: {text}") from None
 
-    def _xoauth2(self, client: Any) -> None:
+    def _xoauth2(self, client: Any, token: str) -> None:
         """``AUTH XOAUTH2 <initial response>`` (poplib has no AUTH; its private I/O is used).
 
         A refused token is answered with a ``+ <error>`` challenge, which poplib would take for
         success: the client acknowledges it with an empty line and the server then says -ERR.
         """
-        client._putcmd("AUTH XOAUTH2 " + self.credentials.xoauth2_string())
+        client._putcmd("AUTH XOAUTH2 " + self.credentials.xoauth2_string(token))
         resp: bytes = client._getresp()
         if resp.startswith(b"+OK"):
             return

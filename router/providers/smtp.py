@@ -4,18 +4,27 @@ Features:
     * implicit TLS (``EmailSecurity=ssl``, port 465), STARTTLS (``starttls``, port 587) or plain
       (``none``, port 25); the certificate and host name are verified by default
       (:mod:`router.providers.tls`);
-    * AUTH PLAIN or LOGIN (``EmailAuthMode=password``), XOAUTH2 with an access token in
-      ``<EmailPassword>`` (``xoauth2``), or no AUTH for a relay (``none``);
+    * AUTH PLAIN or LOGIN (``EmailAuthMode=password``), XOAUTH2 (``xoauth2``) with an access
+      token in ``<EmailPassword>`` or, with ``tenant_id`` / ``client_id``, one acquired and
+      renewed by client credentials (Microsoft 365; :mod:`router.providers.credentials`), or no
+      AUTH for a relay (``none``);
     * one connection for a whole batch, re-opened transparently when the server dropped it between
       messages (idle timeout, 421);
     * per-recipient results: recipients refused with 4xx are returned for a later retry, 5xx ones
       as permanent failures; a message refused as a whole with 5xx raises
       :class:`~router.errors.MessageRejected`;
     * SMTPUTF8 when an address needs it and the server offers it;
-    * a *commit hook*: :meth:`SmtpProvider.submit` calls ``before_commit`` after the message body
-      went out and right before the final ``.`` - the one point after which the server may have
-      the message. The send cycle writes "submitted" to its ledger there, so a crash on either
-      side of that point neither loses the email nor sends it twice (see ``router.outgoing``).
+    * every envelope address goes through the one address parser (:mod:`router.mail.addresses`)
+      before the transaction starts: an address with CR/LF or a domain that cannot be
+      IDNA-encoded refuses that one message (MessageRejected), never the connection;
+    * a *commit point*: ``_submit`` calls :meth:`~router.providers.base.OutgoingProvider.commit`
+      after the message body went out and right before the final ``.`` - the one point after
+      which the server may have the message - and
+      :meth:`~router.providers.base.OutgoingProvider.handed_over` once the dot is in the
+      socket. The send cycle writes "submitted" and "handed over" to its ledger there, so a
+      crash never sends an email twice, and never marks one Sent that did not leave: a crash
+      in the instant between the two sets the email aside as ambiguous (see
+      ``router.outgoing``).
 
 Connection: ``EmailServer``, ``EmailPort`` (default by security), ``EmailUser``,
 ``EmailPassword`` (a Secret: inline, ``Env=`` or ``File=``).
@@ -29,11 +38,16 @@ Options (``<Parameter Name="...">``):
     * ``retry_backoff`` / ``retry_backoff_max`` - seconds before the first retry of a temporarily
       refused email, doubling per attempt up to the maximum (defaults 60 / 3600).
     * ``ca_bundle``, ``tls_verify`` - see :class:`~router.providers.tls.TlsOptions`.
+    * ``tenant_id``, ``client_id``, ``authority`` - XOAUTH2 client credentials (see
+      :class:`~router.providers.credentials.OAuthOptions`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import functools
 import re
 import smtplib
 import socket
@@ -46,8 +60,10 @@ from pydantic import Field
 
 from router.config import ProviderConfiguration
 from router.errors import ConfigError, MessageRejected, ProviderAuthError, ProviderUnavailable
+from router.mail.addresses import AddressRefused, parse_address
 from router.models import OutboundEmail
-from router.providers.base import OutgoingProvider, SubmitResult
+from router.providers.base import OutgoingProvider, RetryBackoff, SubmitResult
+from router.providers.credentials import Credentials, OAuthOptions
 from router.providers.tls import TlsOptions
 
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
@@ -55,28 +71,28 @@ DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 RECONNECT_CODES = frozenset({421, -1})
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
+#: SASL round trips after AUTH before giving up (LOGIN needs two; XOAUTH2 one after an error).
+_MAX_CHALLENGES = 3
 
-#: Called with the RCPT results right before the final dot (see the module docstring).
-CommitHook = Callable[[SubmitResult], None]
 
-
-class SmtpOptions(TlsOptions):
+class SmtpOptions(TlsOptions, OAuthOptions):
     """``<Parameters>`` of the smtp provider (see the module docstring)."""
 
     envelope_from: str | None = None
     timeout: float = Field(default=30.0, gt=0, le=3600)
     local_hostname: str | None = None
     auth_mechanism: Literal["auto", "PLAIN", "LOGIN"] = "auto"
-    retry_backoff: float = Field(default=60.0, ge=0)
-    retry_backoff_max: float = Field(default=3600.0, ge=0)
+    retry_backoff: float = Field(default=RetryBackoff.first, ge=0)
+    retry_backoff_max: float = Field(default=RetryBackoff.maximum, ge=0)
 
 
 @dataclass(frozen=True, slots=True)
 class _Hooks:
     """The caller's callbacks around the final dot of one transaction."""
 
-    before_commit: CommitHook | None
-    while_waiting: Callable[[], None] | None
+    before_commit: Callable[[SubmitResult], None]
+    handed_over: Callable[[], None]
+    while_waiting: Callable[[], None]
 
 
 class TemporaryFailure(smtplib.SMTPResponseException):
@@ -88,7 +104,8 @@ class SmtpProvider(OutgoingProvider):
 
     alias = "smtp"
     options_model = SmtpOptions
-    capabilities = frozenset({"send", "commit-hook"})
+    capabilities = frozenset({"send"})
+    commit_point = True
     retryable_errors: ClassVar[tuple[type[BaseException], ...]] = (
         socket.timeout,
         ConnectionError,
@@ -112,35 +129,25 @@ class SmtpProvider(OutgoingProvider):
         self.host = config.email_server
         self.port = config.email_port or DEFAULT_PORTS[config.email_security]
         self._client: smtplib.SMTP | None = None
+        self.credentials = self._oauth_credentials(config)
+
+    def _oauth_credentials(self, config: ProviderConfiguration) -> Credentials | None:
+        """The XOAUTH2 token source (client credentials or the token in <EmailPassword>)."""
+        if config.email_auth_mode == "xoauth2" or self.options.client_credentials:
+            ca = self.options.ca_bundle
+            return Credentials(config, oauth=self.options, ca_bundle=ca)
+        return None
 
     # -- public ---------------------------------------------------------------------------------
-    def submit(
-        self,
-        email: OutboundEmail,
-        message: bytes,
-        envelope_from: str,
-        before_commit: CommitHook | None = None,
-        recipients: Sequence[str] | None = None,
-        while_waiting: Callable[[], None] | None = None,
-    ) -> SubmitResult:
-        """Send ``message`` to ``recipients`` (default: every recipient of ``email``).
-
-        ``before_commit(result)`` runs once the server accepted some recipients and the body was
-        sent, right before the final dot; an exception from it aborts the transaction (see the
-        module docstring). ``while_waiting()`` runs after the final dot, while the server
-        processes the message (the caller prepares its next message there; it must not raise).
-        Raises MessageRejected for a 5xx on the whole message or when every recipient was refused
-        for good, ProviderUnavailable when the connection failed.
-        """
-        rcpts = list(recipients) if recipients is not None else _recipients(email)
-        hooks = _Hooks(before_commit, while_waiting)
-        with self.wrap(f"submit {email.email_id}"):
-            return self._guarded(email.email_id, message, envelope_from, rcpts, hooks)
-
     @property
     def envelope_from(self) -> str | None:
         """The configured envelope sender (bounce address), if any."""
         return self.options.envelope_from
+
+    @property
+    def retry_backoff(self) -> RetryBackoff:
+        """The ``retry_backoff`` / ``retry_backoff_max`` options."""
+        return RetryBackoff(self.options.retry_backoff, self.options.retry_backoff_max)
 
     # -- primitives -----------------------------------------------------------------------------
     def _create_client(self) -> smtplib.SMTP:
@@ -178,8 +185,34 @@ class SmtpProvider(OutgoingProvider):
                 client.close()
 
     def _submit(self, email: OutboundEmail, message: bytes, envelope_from: str) -> SubmitResult:
-        hooks = _Hooks(None, None)
-        return self._guarded(email.email_id, message, envelope_from, _recipients(email), hooks)
+        """Send ``message`` to the recipients of ``email`` in one transaction.
+
+        :meth:`commit` runs once the server accepted some recipients and the body was sent,
+        right before the final dot; an exception from it aborts the transaction (see the
+        module docstring). :meth:`waiting` runs after the final dot, while the server stores
+        the message. Raises MessageRejected for a 5xx on the whole message or when every
+        recipient was refused for good, ProviderUnavailable when the connection failed.
+        """
+        sender, rcpts = self._on_the_wire(envelope_from, _recipients(email))
+        hooks = _Hooks(self.commit, self.handed_over, self.waiting)
+        return self._guarded(email.email_id, message, sender, rcpts, hooks)
+
+    def _on_the_wire(self, sender: str, rcpts: list[str]) -> tuple[str, list[str]]:
+        """MAIL FROM and RCPT TO addresses checked and IDNA-encoded by the one address parser.
+
+        The send cycle hands over parsed addresses already; this keeps any other caller from
+        putting CR/LF into a command or failing on a domain in the middle of a transaction.
+        An empty sender is the null reverse path ``<>`` (bounces).
+        """
+        try:
+            wire = [parse_address(rcpt).email for rcpt in rcpts]
+        except AddressRefused as exc:
+            raise MessageRejected(f"{self.name}: not sent: recipient {exc}") from None
+        try:
+            return (parse_address(sender).email if sender else "", wire)
+        except AddressRefused as exc:
+            where = "the email's From or the envelope_from parameter"
+            raise MessageRejected(f"{self.name}: not sent: sender ({where}) {exc}") from None
 
     def _describe(self, operation: str, exc: BaseException) -> str:
         """Say what the server answered (``535 5.7.8 ...``), not a Python tuple of bytes."""
@@ -194,14 +227,15 @@ class SmtpProvider(OutgoingProvider):
         mode = self.config.email_auth_mode
         if mode == "none":
             return
-        user, secret = self.config.email_user or "", self._secret()
-        if mode == "xoauth2":
-            client.auth("XOAUTH2", _xoauth2(user, secret), initial_response_ok=True)
+        if self.credentials is not None:  # xoauth2
+            user, creds = self.credentials.user, self.credentials
+            login = functools.partial(_xoauth2_login, client, user)
+            creds.login_with_token(login, refused=(smtplib.SMTPAuthenticationError,))
             return
+        user, secret = self.config.email_user or "", self._secret()
         mechanism = self._mechanism(client)
-        client.user, client.password = user, secret
-        auth = client.auth_plain if mechanism == "PLAIN" else client.auth_login
-        client.auth(mechanism, auth, initial_response_ok=True)
+        respond = _plain(user, secret) if mechanism == "PLAIN" else _login_steps(user, secret)
+        _authenticate(client, mechanism, respond)
 
     def _mechanism(self, client: smtplib.SMTP) -> str:
         offered = client.esmtp_features.get("auth", "").upper().split()
@@ -269,7 +303,7 @@ class SmtpProvider(OutgoingProvider):
             client = self._client if self._client is not None else self._reopen()
             options = self._mail_options(client, utf8, size)
             try:
-                code, reply = client.mail(_idna(sender), options)
+                code, reply = client.mail(sender, options)
             except (smtplib.SMTPServerDisconnected, ConnectionError):
                 if last:
                     raise
@@ -298,7 +332,7 @@ class SmtpProvider(OutgoingProvider):
         accepted: list[str] = []
         refused: dict[str, tuple[int, str]] = {}
         for rcpt in rcpts:
-            code, reply = client.rcpt(_idna(rcpt))
+            code, reply = client.rcpt(rcpt)
             if code in (250, 251):
                 accepted.append(rcpt)
             elif code == 421 or code < 0:
@@ -316,11 +350,10 @@ class SmtpProvider(OutgoingProvider):
             _check_reply(code, reply)
             raise smtplib.SMTPDataError(code, reply)
         client.send(_dot_stuffed(message))
-        if hooks.before_commit is not None:
-            hooks.before_commit(result)
+        hooks.before_commit(result)
         client.send(b".\r\n")
-        if hooks.while_waiting is not None:
-            hooks.while_waiting()
+        hooks.handed_over()  # the dot is in the socket: the kernel sends it even if we die now
+        hooks.while_waiting()
         code, reply = client.getreply()
         _check_reply(code, reply)
 
@@ -381,12 +414,47 @@ def _needs_utf8(sender: str, rcpts: Sequence[str]) -> bool:
     return any(not addr.rpartition("@")[0].isascii() for addr in (sender, *rcpts))
 
 
-def _idna(addr: str) -> str:
-    """The address with an IDNA (punycode) domain, so only a non-ASCII local part needs UTF8."""
-    local, at, domain = addr.rpartition("@")
-    if not at or domain.isascii():
-        return addr
-    return f"{local}@{domain.encode('idna').decode('ascii')}"
+def _authenticate(
+    client: smtplib.SMTP, mechanism: str, respond: Callable[[bytes | None], str]
+) -> None:
+    """SMTP AUTH (RFC 4954) with UTF-8 credentials.
+
+    ``smtplib.SMTP.auth`` encodes every response as ASCII, so a non-ASCII user name or password
+    raised UnicodeEncodeError and crashed every cycle; SASL PLAIN and LOGIN carry UTF-8 (RFC
+    4616), and for ASCII credentials the bytes on the wire are the same as smtplib's.
+    """
+    code, reply = client.docmd("AUTH", f"{mechanism} {_b64(respond(None))}")
+    for _ in range(_MAX_CHALLENGES):
+        if code != 334:
+            break
+        code, reply = client.docmd(_b64(respond(_challenge(reply))))
+    if code not in (235, 503):  # 503: already authenticated
+        raise smtplib.SMTPAuthenticationError(code, reply)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _challenge(reply: bytes) -> bytes:
+    try:
+        return base64.b64decode(reply, validate=True)
+    except (binascii.Error, ValueError):
+        return reply
+
+
+def _plain(user: str, secret: str) -> Callable[[bytes | None], str]:
+    """AUTH PLAIN responder: authzid empty, then user and password (RFC 4616)."""
+    return lambda challenge: f"\0{user}\0{secret}"
+
+
+def _login_steps(user: str, secret: str) -> Callable[[bytes | None], str]:
+    """AUTH LOGIN responder: the user name as initial response, the password when asked."""
+
+    def respond(challenge: bytes | None) -> str:
+        return user if challenge is None or challenge.lower().startswith(b"user") else secret
+
+    return respond
 
 
 def _xoauth2(user: str, token: str) -> Callable[..., str]:
@@ -397,6 +465,10 @@ def _xoauth2(user: str, token: str) -> Callable[..., str]:
         return initial if challenge is None else ""
 
     return respond
+
+
+def _xoauth2_login(client: smtplib.SMTP, user: str, token: str) -> None:
+    _authenticate(client, "XOAUTH2", _xoauth2(user, token))
 
 
 def _quietly_rset(client: smtplib.SMTP) -> None:

@@ -1,35 +1,32 @@
-"""Open a state store from its URL (``memory://``, ``sqlite:///path``, ``redis://...``)."""
+"""Open a state store from its URL (``memory://``, ``sqlite:///path``, ``redis://...``).
+
+Use :func:`open_store` wherever a store is built from configuration (``<StateStore>`` or
+``ROUTER_STATE_URL``); each backend parses the rest of its own URL (``from_url``).
+"""
 
 from __future__ import annotations
 
 from router.errors import ConfigError
 from router.state.base import StateStore
+from router.state.memory import MemoryStore
+from router.state.redis import RedisStore
+from router.state.sqlite import SqliteStore
 
 
-def open_store(url: str, *, prefix: str = "er") -> StateStore:
-    """Return the state store for ``url``; raises ConfigError for an unknown scheme."""
+def open_store(url: str, *, prefix: str = "er", create: bool = True) -> StateStore:
+    """Return the state store for ``url``; raises ConfigError for an unknown scheme.
+
+    ``create=False`` is for commands that only read: a SQLite file that does not exist raises
+    StateUnavailable instead of being created (Redis and memory stores create nothing on read).
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme == "memory":
-        from router.state.memory import MemoryStore
-
         return MemoryStore()
     if scheme == "sqlite":
-        from router.state.sqlite import SqliteStore
-
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, create=create)
     if scheme in ("redis", "rediss", "unix"):
-        from router.state.redis import RedisStore
-
         return RedisStore.from_url(url, prefix=prefix)
     raise ConfigError(
         f"StateStore: unknown state store URL scheme {scheme!r}; "
         "use sqlite:///path/to/state.db, redis://host:6379/0 or memory://"
     )
-
-
-def _sqlite_path(url: str) -> str:
-    """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs/x.db`` -> ``/abs/x.db``."""
-    rest = url.split(":", 1)[1]
-    if not rest.startswith("///"):
-        raise ConfigError(f"StateStore: {url!r} is not sqlite:///path (three slashes)")
-    return rest[3:] or "state.db"

@@ -15,7 +15,7 @@ from typing import Any
 
 from router.errors import LeaseLost
 from router.models import LedgerEntry, LedgerState
-from router.state.base import InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
+from router.state.base import HeartbeatState, InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
 
 ENTRY_FIELDS = frozenset({"message_id", "activity_id", "reason", "attempts", "extra"})
 
@@ -45,6 +45,9 @@ class MemoryStore(StateStore):
         self._ledger: dict[str, dict[str, LedgerEntry]] = {}
         self._raw: dict[tuple[str, str], bytes] = {}
         self._msgids: dict[str, tuple[str, str]] = {}
+        #: process -> (alive until, forgotten at)
+        self._heartbeats: dict[str, tuple[float, float]] = {}
+        self._mailbox_lists: dict[str, JsonDict] = {}
 
     # -- leases ---------------------------------------------------------------------------------
     def _live_lease(self, instance: str) -> Lease | None:
@@ -217,6 +220,30 @@ class MemoryStore(StateStore):
     def lookup_message_id(self, message_id: str) -> tuple[str, str] | None:
         with self._lock:
             return self._msgids.get(message_id)
+
+    # -- heartbeats -----------------------------------------------------------------------------
+    def beat(self, process: str, ttl: float, remember: float) -> None:
+        with self._lock:
+            now = self._clock()
+            self._heartbeats = {p: v for p, v in self._heartbeats.items() if v[1] > now}
+            self._heartbeats[process] = (now + ttl, now + remember)
+
+    def heartbeat_state(self, process: str) -> HeartbeatState:
+        with self._lock:
+            alive_until, forget_at = self._heartbeats.get(process, (0.0, 0.0))
+            now = self._clock()
+            if forget_at <= now:
+                return HeartbeatState.UNKNOWN
+            return HeartbeatState.ALIVE if alive_until > now else HeartbeatState.LAPSED
+
+    # -- mailboxes loaded from the CRM ----------------------------------------------------------
+    def set_mailbox_list(self, deployment: str, snapshot: JsonDict) -> None:
+        with self._lock:
+            self._mailbox_lists[deployment] = copy.deepcopy(snapshot)
+
+    def mailbox_lists(self) -> dict[str, JsonDict]:
+        with self._lock:
+            return copy.deepcopy(self._mailbox_lists)
 
     # -- housekeeping ---------------------------------------------------------------------------
     def instances(self) -> list[str]:

@@ -43,6 +43,7 @@ def loads(text: str | bytes, what: str) -> Any:
 
 
 def check_fields(fields: dict[str, Any]) -> None:
+    """TypeError for a ledger field name no entry has (a typo must not be stored silently)."""
     unknown = set(fields) - ENTRY_FIELDS
     if unknown:
         raise TypeError(f"unknown ledger fields: {sorted(unknown)}")

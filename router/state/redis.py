@@ -6,6 +6,8 @@ Features:
     * leases are ``SET PX`` keys holding ``"<token>:<holder>"``; the fencing token comes from
       ``INCR`` on a counter that outlives the lease, so it only grows; cursor and provider-state
       writes compare the lease value inside the same script;
+    * heartbeats are one key per process holding its alive-until instant on the *server's*
+      clock (``TIME`` in a script), so hosts with skewed clocks agree on who is alive;
     * the key schema lives in :mod:`router.state.keys`, ledger records in
       :mod:`router.state.records`; no ``KEYS`` command, cleanup tools use ``SCAN``.
 
@@ -33,8 +35,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -44,7 +47,17 @@ from redis.retry import Retry
 from router.errors import LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerEntry, LedgerState
 from router.state import redis_lua as lua
-from router.state.base import MSGID_TTL, InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
+from router.state.base import (
+    MSGID_TTL,
+    HeartbeatState,
+    InstancePeek,
+    InstanceStats,
+    JsonDict,
+    Lease,
+    LeaseInfo,
+    PollStart,
+    StateStore,
+)
 from router.state.keys import Keys
 from router.state.records import build_record, dumps, loads, parse_record, patch_pairs
 
@@ -90,8 +103,45 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+#: What the HEARTBEAT script answers.
+_HEARTBEAT_STATES = {
+    1: HeartbeatState.ALIVE,
+    0: HeartbeatState.LAPSED,
+    -1: HeartbeatState.UNKNOWN,
+}
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+#: The fields of an instance's counters hash, in the order :func:`_stats` reads them.
+_STATS_FIELDS = ["p", "lp", "ls", "le", "lea"]
+
+
+def _stats(instance: str, values: list[Any]) -> InstanceStats:
+    """The counters from an HMGET of :data:`_STATS_FIELDS`."""
+    p, lp, ls, le, lea = (None if v is None else _text(v) for v in values)
+    try:
+        return InstanceStats(
+            processed=int(p or 0),
+            last_poll=float(lp) if lp else None,
+            last_success=float(ls) if ls else None,
+            last_error=le,
+            last_error_at=float(lea) if lea else None,
+        )
+    except ValueError:
+        raise StateCorrupt(f"counters of {instance}: stored value is damaged") from None
+
+
+def _oldest(instance: str, flat: list[Any]) -> float | None:
+    """When the entry a LIST script (limit 1) returned was staged; a damaged one counts as now."""
+    if not flat:
+        return None
+    try:
+        return parse_record(instance, _text(flat[0]), flat[1]).updated_at
+    except StateCorrupt:
+        return time.time()
 
 
 class RedisStore(StateStore):
@@ -111,9 +161,13 @@ class RedisStore(StateStore):
         self._create = client.register_script(lua.CREATE)
         self._transition = client.register_script(lua.TRANSITION)
         self._list = client.register_script(lua.LIST)
+        self._begin_poll = client.register_script(lua.BEGIN_POLL)
+        self._end_poll = client.register_script(lua.END_POLL)
         self._count = client.register_script(lua.COUNT)
         self._delete = client.register_script(lua.DELETE)
         self._purge = client.register_script(lua.PURGE)
+        self._beat = client.register_script(lua.BEAT)
+        self._heartbeat = client.register_script(lua.HEARTBEAT)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "er", **options: Any) -> RedisStore:
@@ -241,28 +295,68 @@ class RedisStore(StateStore):
     # -- counters -------------------------------------------------------------------------------
     @_guarded
     def record_poll(self, instance: str, *, processed: int = 0, error: str | None = None) -> None:
-        now, key = repr(self._clock()), self.keys.stats(instance)
-        stamps = ["lp", now, "ls", now] if error is None else ["lp", now, "le", error, "lea", now]
+        key, stamps = self.keys.stats(instance), self._stamps(error)
         pipe = self._r.pipeline(transaction=True)
         pipe.hincrby(key, "p", processed)
         pipe.hset(key, items=stamps)
         pipe.sadd(self.keys.instances(), instance)
         pipe.execute()
 
+    def _stamps(self, error: str | None) -> list[str]:
+        """The counters' field/value pairs a finished poll writes (last poll, success or error)."""
+        now = repr(self._clock())
+        return ["lp", now, "ls", now] if error is None else ["lp", now, "le", error, "lea", now]
+
     @_guarded
     def get_stats(self, instance: str) -> InstanceStats:
-        values = self._r.hmget(self.keys.stats(instance), ["p", "lp", "ls", "le", "lea"])
-        p, lp, ls, le, lea = (None if v is None else _text(v) for v in values)
-        try:
-            return InstanceStats(
-                processed=int(p or 0),
-                last_poll=float(lp) if lp else None,
-                last_success=float(ls) if ls else None,
-                last_error=le,
-                last_error_at=float(lea) if lea else None,
-            )
-        except ValueError:
-            raise StateCorrupt(f"counters of {instance}: stored value is damaged") from None
+        return _stats(instance, self._r.hmget(self.keys.stats(instance), _STATS_FIELDS))
+
+    @_guarded
+    def peek(self, instances: Iterable[str]) -> dict[str, InstancePeek]:
+        """Counters and oldest STAGED entry of every instance: one pipelined round trip."""
+        names, staged = list(instances), _states([LedgerState.STAGED])
+        pipe = self._r.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self.keys.stats(name), _STATS_FIELDS)
+            args: list[Any] = [staged, 1, self.keys.order_prefix(name)]
+            self._list(keys=[self.keys.ledger(name)], args=args, client=pipe)
+        replies = pipe.execute()
+        return {
+            name: InstancePeek(_stats(name, values), _oldest(name, flat))
+            for name, values, flat in zip(names, replies[::2], replies[1::2], strict=True)
+        }
+
+    # -- a poll cycle's first and last step: one script each ---------------------------------------
+    @_guarded
+    def begin_poll(
+        self, instance: str, holder: str, ttl: float, states: Iterable[LedgerState]
+    ) -> PollStart | None:
+        k, wanted = self.keys, _states(states)
+        keys = [k.lease(instance), k.token(instance), k.instances(), k.cursor(instance)]
+        keys += [k.pstate(instance), k.ledger(instance)]
+        args: list[Any] = [holder, _ms(ttl), instance, wanted, k.order_prefix(instance)]
+        reply = self._begin_poll(keys=keys, args=args)
+        if reply is None:
+            return None
+        token, cursor, state, flat = reply
+        lease = Lease(instance, holder, int(token), self._clock() + ttl)
+        return PollStart(
+            lease,
+            None if cursor is None else loads(cursor, f"cursor of {instance}"),
+            {} if state is None else loads(state, f"provider state of {instance}"),
+            self._entries(instance, wanted, flat),
+        )
+
+    @_guarded
+    def end_poll(
+        self, lease: Lease, *, processed: int = 0, error: str | None = None
+    ) -> InstancePeek:
+        k, instance = self.keys, lease.instance
+        keys = [k.lease(instance), k.stats(instance), k.instances(), k.ledger(instance)]
+        args: list[Any] = [self._lease_value(lease), processed, instance]
+        args += [_states([LedgerState.STAGED]), k.order_prefix(instance), len(_STATS_FIELDS)]
+        values, flat = self._end_poll(keys=keys, args=[*args, *_STATS_FIELDS, *self._stamps(error)])
+        return InstancePeek(_stats(instance, values), _oldest(instance, flat))
 
     # -- ledger ---------------------------------------------------------------------------------
     def _create_entry(
@@ -323,7 +417,14 @@ class RedisStore(StateStore):
         """Entries in creation order; a damaged entry is skipped and logged (see get_entry)."""
         wanted = _states(states)
         args: list[Any] = [wanted, limit or 0, self.keys.order_prefix(instance)]
-        flat = self._list(keys=[self.keys.ledger(instance)], args=args)
+        entries = self._entries(
+            instance, wanted, self._list(keys=[self.keys.ledger(instance)], args=args)
+        )
+        return entries[:limit] if limit else entries
+
+    @staticmethod
+    def _entries(instance: str, wanted: str, flat: list[Any]) -> list[LedgerEntry]:
+        """The entries of a LIST reply ([key, record, ...]) in the states of ``wanted``."""
         entries = []
         for raw_key, record in zip(flat[::2], flat[1::2], strict=True):
             key = _text(raw_key)
@@ -334,7 +435,7 @@ class RedisStore(StateStore):
                 continue
             if f",{entry.state.value}," in wanted:  # the index is trusted, but verify
                 entries.append(entry)
-        return entries[:limit] if limit else entries
+        return entries
 
     @_guarded
     def count_entries(self, instance: str) -> dict[LedgerState, int]:
@@ -367,6 +468,37 @@ class RedisStore(StateStore):
         found = self._get_json(self.keys.msgid(message_id), f"Message-ID index {message_id}")
         return None if found is None else (str(found[0]), str(found[1]))
 
+    # -- heartbeats -----------------------------------------------------------------------------
+    @_guarded
+    def beat(self, process: str, ttl: float, remember: float) -> None:
+        self._beat(keys=[self.keys.heartbeat(process)], args=[_ms(ttl), _ms(remember)])
+
+    @_guarded
+    def heartbeat_state(self, process: str) -> HeartbeatState:
+        found = int(self._heartbeat(keys=[self.keys.heartbeat(process)]))
+        return _HEARTBEAT_STATES[found]
+
+    # -- mailboxes loaded from the CRM ----------------------------------------------------------
+    @_guarded
+    def set_mailbox_list(self, deployment: str, snapshot: JsonDict) -> None:
+        self._writer().hset(self.keys.mailbox_lists(), deployment, dumps(snapshot))
+
+    @_guarded
+    def mailbox_lists(self) -> dict[str, JsonDict]:
+        found: dict[str, JsonDict] = {}
+        for deployment, value in self._r.hgetall(self.keys.mailbox_lists()).items():
+            name = _text(deployment)
+            try:
+                found[name] = loads(value, f"mailbox list of {name}")
+            except StateCorrupt as exc:  # one damaged list must not hide the others
+                log.warning("%s", exc)
+        return found
+
+    # -- the Celery dispatcher's schedule ---------------------------------------------------------
+    def due_times(self) -> DueTimes:
+        """The due times of this store's instances (:class:`DueTimes`, same server and prefix)."""
+        return DueTimes(self._r, self.keys)
+
     # -- housekeeping ---------------------------------------------------------------------------
     @_guarded
     def instances(self) -> list[str]:
@@ -377,3 +509,79 @@ class RedisStore(StateStore):
         k = self.keys
         args = [_states(states), repr(float(older_than)), k.raw_prefix(instance)]
         return int(self._purge(keys=[k.ledger(instance)], args=[*args, k.order_prefix(instance)]))
+
+
+#: Instances per script call when syncing the schedule: one call stays well under a millisecond
+#: of server time per thousand, so a sync of 100,000 never blocks Redis for long.
+_SYNC_CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one :meth:`DueTimes.claim` took: the server's ``now`` and each instance's due instant.
+
+    Instants are seconds on the Redis server's clock, so every dispatcher measures lag alike.
+    """
+
+    now: float
+    due: list[tuple[str, float]]
+
+
+class DueTimes:
+    """The next due instant of every scheduled instance, in Redis; use it from the dispatcher.
+
+    A sorted set (instance -> next due, ms on the server's clock) and a hash of periods
+    (:meth:`router.state.keys.Keys.due` / ``period``). :meth:`sync` makes them follow the
+    configuration; :meth:`claim` pops what is due and re-inserts it one period later in one
+    atomic script, so any number of dispatchers share the work without running one due instant
+    twice or skipping one. Get it from :meth:`RedisStore.due_times`.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._r, self._keys = client, keys
+        self._sync = client.register_script(lua.DUE_SYNC)
+        self._drop = client.register_script(lua.DUE_DROP)
+        self._claim = client.register_script(lua.DUE_CLAIM)
+
+    def _both(self) -> list[str]:
+        return [self._keys.due(), self._keys.period()]
+
+    @_guarded
+    def sync(self, periods: Mapping[str, float], phases: Mapping[str, float]) -> tuple[int, int]:
+        """Schedule exactly the instances of ``periods`` (seconds); returns (added, dropped).
+
+        A new instance is first due ``phases[name] * period`` from now (0 <= phase < 1); a
+        known one keeps its due instant unless its period shrank below the time left.
+        """
+        scheduled = {_text(n) for n in self._r.hkeys(self._keys.period())}
+        gone = sorted(scheduled - set(periods))
+        dropped = sum(
+            int(self._drop(keys=self._both(), args=gone[i : i + _SYNC_CHUNK]))
+            for i in range(0, len(gone), _SYNC_CHUNK)
+        )
+        names, added = sorted(periods), 0
+        for i in range(0, len(names), _SYNC_CHUNK):
+            args: list[str] = []
+            for name in names[i : i + _SYNC_CHUNK]:
+                args += [name, str(_ms(periods[name])), repr(phases.get(name, 0.0))]
+            added += int(self._sync(keys=self._both(), args=args))
+        return added, dropped
+
+    @_guarded
+    def claim(self, limit: int) -> Claim:
+        """Take up to ``limit`` instances due by now (earliest first), moved one period on."""
+        found = self._claim(keys=self._both(), args=[limit])
+        now, rest = int(found[0]) / 1000.0, found[1:]
+        pairs = [(_text(rest[i]), int(rest[i + 1]) / 1000.0) for i in range(0, len(rest), 2)]
+        return Claim(now, pairs)
+
+    @_guarded
+    def due_at(self, name: str) -> float | None:
+        """When ``name`` is next due (seconds, server clock); None when it is not scheduled."""
+        score = self._r.zscore(self._keys.due(), name)
+        return None if score is None else float(score) / 1000.0
+
+    @_guarded
+    def scheduled(self) -> int:
+        """How many instances are scheduled."""
+        return int(self._r.zcard(self._keys.due()))

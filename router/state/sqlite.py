@@ -39,7 +39,15 @@ from urllib.parse import parse_qsl
 
 from router.errors import ConfigError, LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerEntry, LedgerState
-from router.state.base import MSGID_TTL, InstanceStats, JsonDict, Lease, LeaseInfo, StateStore
+from router.state.base import (
+    MSGID_TTL,
+    HeartbeatState,
+    InstanceStats,
+    JsonDict,
+    Lease,
+    LeaseInfo,
+    StateStore,
+)
 from router.state.memory import apply_fields
 from router.state.records import check_fields, dumps, loads
 
@@ -70,6 +78,9 @@ CREATE TABLE IF NOT EXISTS msgids (
     message_id TEXT PRIMARY KEY, instance TEXT NOT NULL, key TEXT NOT NULL,
     created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS msgids_age ON msgids (created_at);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    process TEXT PRIMARY KEY, alive_until REAL NOT NULL, forget_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mailbox_lists (deployment TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _STATS_UPSERT = """
@@ -83,6 +94,11 @@ INSERT INTO stats VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET
 _LEASE_UPSERT = """
 INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT (instance) DO UPDATE SET
     holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at
+"""
+
+_HEARTBEAT_UPSERT = """
+INSERT INTO heartbeats VALUES (?, ?, ?) ON CONFLICT (process) DO UPDATE SET
+    alive_until = excluded.alive_until, forget_at = excluded.forget_at
 """
 
 _INSTANCES = """
@@ -171,6 +187,24 @@ def _entry(instance: str, key: str, state: str, updated_at: float, data: str) ->
         raise StateCorrupt(f"{what}: stored value is damaged") from None
 
 
+def enter_wal(conn: sqlite3.Connection, patience: float) -> None:
+    """``PRAGMA journal_mode = WAL`` on ``conn``, retried for up to ``patience`` seconds.
+
+    SQLite does not call the busy handler for this pragma: two processes opening a new file at
+    once (``run`` and ``console`` started together by the demo) got "database is locked" at
+    once, about once in 60 rounds of six processes opening one new file (none in 150 with this).
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStore(StateStore):
     """State store in one SQLite file; use it when one machine runs everything."""
 
@@ -181,7 +215,13 @@ class SqliteStore(StateStore):
         clock: Callable[[], float] = time.time,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float = 15.0,
+        create: bool = True,
     ) -> None:
+        """Open (and with ``create``, make) the file; ``create=False`` opens it read-only.
+
+        Use ``create=False`` for commands that only look (``status``, ``state show``): a missing
+        file raises StateUnavailable instead of leaving a new, empty database behind.
+        """
         if str(path) == ":memory:":  # every thread would get its own, empty database
             raise ConfigError("StateStore: use memory:// instead of an in-memory SQLite database")
         self.path = Path(path)
@@ -191,17 +231,26 @@ class SqliteStore(StateStore):
         self._local = threading.local()
         self._all: list[tuple[int, weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
+        self._read_only = not create
+        if self._read_only:
+            self._check_exists()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateUnavailable(f"SQLite state store {self.path}: {exc.strerror}") from exc
         self._init_schema()
 
-    @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
-        """Open ``sqlite:///path[?synchronous=NORMAL&busy_timeout=30]``."""
-        from router.state.factory import _sqlite_path
+    def _check_exists(self) -> None:
+        if not self.path.is_file():
+            raise StateUnavailable(
+                f"SQLite state store {self.path}: no such file (nothing has run with this state "
+                "yet); check --state, ROUTER_STATE_URL or <StateStore>"
+            )
 
+    @classmethod
+    def from_url(cls, url: str, *, create: bool = True) -> SqliteStore:
+        """Open ``sqlite:///path[?synchronous=NORMAL&busy_timeout=30]`` (``create``: see init)."""
         path, _, query = _sqlite_path(url).partition("?")
         options = dict(parse_qsl(query, keep_blank_values=True))
         sync = options.pop("synchronous", "FULL").upper()
@@ -212,19 +261,27 @@ class SqliteStore(StateStore):
                 "busy_timeout=<seconds>"
             )
         mode: Literal["FULL", "NORMAL"] = "FULL" if sync == "FULL" else "NORMAL"
-        return cls(path or "state.db", synchronous=mode, busy_timeout=float(timeout))
+        return cls(path or "state.db", synchronous=mode, busy_timeout=float(timeout), create=create)
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
     # -- connections and transactions -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        target: str | Path = self.path
+        if self._read_only:  # mode=ro: SQLite neither creates nor writes the file
+            target = f"{self.path.absolute().as_uri()}?mode=ro"
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+            target,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_ms / 1000,
+            uri=self._read_only,
         )
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        if not self._read_only:
+            enter_wal(conn, self._busy_ms / 1000)
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         me = threading.current_thread()
         with self._all_lock:
             self._all = [(pid, t, c) for pid, t, c in self._all if _alive(pid, t, c)]
@@ -553,6 +610,47 @@ class SqliteStore(StateStore):
         )
         return (row[0], row[1]) if row else None
 
+    # -- heartbeats -----------------------------------------------------------------------------
+    @_guarded
+    def beat(self, process: str, ttl: float, remember: float) -> None:
+        now = self._clock()
+        with self._tx() as conn:
+            conn.execute("DELETE FROM heartbeats WHERE forget_at <= ?", (now,))
+            conn.execute(_HEARTBEAT_UPSERT, (process, now + ttl, now + remember))
+
+    @_guarded
+    def heartbeat_state(self, process: str) -> HeartbeatState:
+        now = self._clock()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT alive_until FROM heartbeats WHERE process = ? AND forget_at > ?",
+                (process, now),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return HeartbeatState.UNKNOWN
+        return HeartbeatState.ALIVE if row[0] > now else HeartbeatState.LAPSED
+
+    # -- mailboxes loaded from the CRM ----------------------------------------------------------
+    @_guarded
+    def set_mailbox_list(self, deployment: str, snapshot: JsonDict) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO mailbox_lists VALUES (?, ?)", (deployment, dumps(snapshot))
+            )
+
+    @_guarded
+    def mailbox_lists(self) -> dict[str, JsonDict]:
+        try:
+            rows = self._conn().execute("SELECT deployment, value FROM mailbox_lists").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return {}  # a file written before lists were recorded, opened read-only
+        return _decoded_lists(rows)
+
     # -- housekeeping ---------------------------------------------------------------------------
     @_guarded
     def instances(self) -> list[str]:
@@ -574,3 +672,22 @@ class SqliteStore(StateStore):
             # housekeeping also ages out the global Message-ID index (cheap: indexed by age)
             conn.execute("DELETE FROM msgids WHERE created_at < ?", (self._clock() - MSGID_TTL,))
             return conn.execute(f"DELETE FROM ledger WHERE {where[0]}", where[1]).rowcount
+
+
+def _decoded_lists(rows: Iterable[tuple[str, str]]) -> dict[str, JsonDict]:
+    """The recorded mailbox lists; a damaged one is logged and left out."""
+    found: dict[str, JsonDict] = {}
+    for deployment, value in rows:
+        try:
+            found[deployment] = loads(value, f"mailbox list of {deployment}")
+        except StateCorrupt as exc:
+            log.warning("%s", exc)
+    return found
+
+
+def _sqlite_path(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs/x.db`` -> ``/abs/x.db``."""
+    rest = url.split(":", 1)[1]
+    if not rest.startswith("///"):
+        raise ConfigError(f"StateStore: {url!r} is not sqlite:///path (three slashes)")
+    return rest[3:] or "state.db"

@@ -5,7 +5,7 @@ Run (one command; starts and stops its own Dovecot, simulator and Redis)::
     .venv/bin/python tests/benchmarks/bench_ingest.py [--messages 5000] [--mailboxes 10]
         [--latency 0,50] [--modes floor,standalone,celery1,celery2] [--profile]
 
-The backlog is ``--messages`` messages (``../shared/corpus`` plus generated mail: mostly 5-50 KB,
+The backlog is ``--messages`` messages (``tests/corpus`` plus generated mail: mostly 5-50 KB,
 about 1 % with 1-5 MB attachments) spread over ``--mailboxes`` Dovecot mailboxes. For each
 simulator latency (ms added to every Web API request) every mode drains the same mailboxes into a
 fresh simulator organisation:

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from imapclient import IMAPClient
 
-from router.config import load_config
+from router.configcheck import load_config
+from router.context import Context
 from router.incoming import poll_instance
-from router.service import Context
 from router.state.factory import open_store
 from tests.benchmarks import common
 from tests.benchmarks.common import Mailbox, ProcessSampler

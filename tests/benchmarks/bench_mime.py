@@ -1,4 +1,4 @@
-"""Benchmark: router.mime.parse_message against the bare stdlib parse it is built on.
+"""Benchmark: router.mail.parse.parse_message against the bare stdlib parse it is built on.
 
 Run: ``.venv/bin/python -m tests.benchmarks.bench_mime [--rounds 3]``
 
@@ -6,7 +6,7 @@ Baseline, measured in the same run: ``email.message_from_bytes(raw, policy=polic
 followed by ``get_body()`` and ``iter_attachments()`` with ``get_content()`` on each part, i.e.
 what a straightforward parser would do. Rows:
 
-* the shared corpus (~400 hard real-world messages, ../shared/corpus): wall time per pass;
+* the corpus (~400 hard real-world messages, tests/corpus): wall time per pass;
 * one 20 MiB message with a base64 attachment, and one with a 20 MiB plain-text body:
   wall time and tracemalloc peak, as a multiple of the message size.
 
@@ -27,12 +27,11 @@ import tracemalloc
 from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
-from pathlib import Path
 
 from router.errors import MessageUnusable
-from router.mime import parse_message
+from router.mail.parse import parse_message
+from tests.support.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
 MiB = 1024 * 1024
 
 

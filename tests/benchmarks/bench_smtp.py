@@ -23,8 +23,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from router.compose import compose_message
 from router.crm.memory import MemoryCrm
+from router.mail.compose import compose_message
 from router.outgoing import send_cycle
 from router.state.base import StateStore
 from router.state.memory import MemoryStore

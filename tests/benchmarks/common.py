@@ -6,7 +6,7 @@
 * measuring: :class:`Stopwatch`, :func:`percentile`, :class:`ProcessSampler` (peak RSS and CPU
   seconds of a process tree, sampled with psutil), :func:`profiled` (pyinstrument, ``--profile``);
 * the world: :func:`mail_mix` (realistic sizes: mostly 5-50 KB, about 1 % with 1-5 MB
-  attachments, plus the ``../shared/corpus`` messages), :func:`private_redis`,
+  attachments, plus the ``tests/corpus`` messages), :func:`private_redis`,
   :func:`router_xml` (a router configuration with IMAP instances on a Dovecot and a Deployment
   on the Dataverse simulator), :func:`crm_count` (activities in one simulator organisation).
 
@@ -41,9 +41,9 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 
 from tests.servers.common import free_port, port_open, wait_for  # noqa: E402
+from tests.support.corpus import CORPUS  # noqa: E402
 
 RESULTS = ROOT / "benchmark-results"
-CORPUS = ROOT.parent / "shared" / "corpus"
 PASSWORD_VAR = "BENCH_IMAP_PASSWORD"
 
 
@@ -241,7 +241,7 @@ WORDS = [
 
 
 def corpus_messages(limit: int | None = None) -> list[bytes]:
-    """The real-world messages of ``../shared/corpus`` (sorted by path), at most ``limit``."""
+    """The real-world messages of ``tests/corpus`` (sorted by path), at most ``limit``."""
     paths = sorted(CORPUS.rglob("*.eml")) if CORPUS.exists() else []
     return [p.read_bytes() for p in paths[:limit]]
 

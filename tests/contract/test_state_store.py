@@ -19,7 +19,7 @@ import pytest
 
 from router.errors import LeaseLost, StateCorrupt, StateUnavailable
 from router.models import LedgerState
-from router.state.base import MSGID_TTL, StateStore
+from router.state.base import MSGID_TTL, HeartbeatState, StateStore
 from router.state.memory import MemoryStore
 from router.state.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.contract.state_helpers import delete_prefix, redis_client
@@ -90,6 +90,65 @@ class StateStoreContract:
         assert info is not None and info.expires_at > time.time() + 30
         store.release_lease(renewed)
         assert store.renew_lease(renewed, 30) is None
+
+    # -- heartbeats -----------------------------------------------------------------------------
+    def test_a_process_that_never_beat_is_unknown(self, store: StateStore) -> None:
+        assert store.heartbeat_state("host-a:1") is HeartbeatState.UNKNOWN
+
+    def test_a_process_is_alive_while_its_last_beat_lasts(self, store: StateStore) -> None:
+        store.beat("host-a:1", 30, 3600)
+        assert store.heartbeat_state("host-a:1") is HeartbeatState.ALIVE
+
+    def test_a_heartbeat_lapses_after_its_ttl_but_is_remembered(self, store: StateStore) -> None:
+        store.beat("host-a:1", 0.15, 3600)
+        time.sleep(0.3)
+        assert store.heartbeat_state("host-a:1") is HeartbeatState.LAPSED
+
+    def test_a_lapsed_process_is_forgotten_after_the_memory_ends(self, store: StateStore) -> None:
+        store.beat("host-a:1", 0.1, 0.2)
+        time.sleep(0.35)
+        assert store.heartbeat_state("host-a:1") is HeartbeatState.UNKNOWN
+
+    def test_a_new_beat_brings_a_lapsed_process_back(self, store: StateStore) -> None:
+        store.beat("host-a:1", 0.1, 3600)
+        time.sleep(0.25)
+        store.beat("host-a:1", 30, 3600)
+        assert store.heartbeat_state("host-a:1") is HeartbeatState.ALIVE
+
+    def test_heartbeats_of_processes_are_independent(self, store: StateStore) -> None:
+        store.beat("host-a:1", 0.1, 3600)
+        store.beat("host-a:12", 30, 3600)
+        store.beat("host-b:1", 30, 3600)
+        time.sleep(0.25)
+        assert store.heartbeat_state("host-a:1") is HeartbeatState.LAPSED
+        assert store.heartbeat_state("host-a:12") is HeartbeatState.ALIVE
+        assert store.heartbeat_state("host-b:1") is HeartbeatState.ALIVE
+
+    def test_a_heartbeat_is_not_an_instance(self, store: StateStore) -> None:
+        store.beat("host-a:1", 30, 3600)
+        assert store.instances() == []
+
+    # -- mailbox lists loaded from the CRM --------------------------------------------------------
+    def test_no_mailbox_list_reads_as_empty(self, store: StateStore) -> None:
+        assert store.mailbox_lists() == {}
+
+    def test_mailbox_lists_are_kept_per_deployment(self, store: StateStore) -> None:
+        first = {"read_at": 1764316000.5, "records": [{"mailbox_id": "m1", "address": "a@x"}]}
+        store.set_mailbox_list("Contoso", first)
+        store.set_mailbox_list("Fabrikam:EU", {"read_at": 1.0, "records": []})
+        assert store.mailbox_lists() == {
+            "Contoso": first,
+            "Fabrikam:EU": {"read_at": 1.0, "records": []},
+        }
+
+    def test_a_new_mailbox_list_replaces_the_last_one(self, store: StateStore) -> None:
+        store.set_mailbox_list("Contoso", {"read_at": 1.0, "records": [{"mailbox_id": "m1"}]})
+        store.set_mailbox_list("Contoso", {"read_at": 2.0, "records": []})
+        assert store.mailbox_lists() == {"Contoso": {"read_at": 2.0, "records": []}}
+
+    def test_a_mailbox_list_is_not_an_instance(self, store: StateStore) -> None:
+        store.set_mailbox_list("Contoso", {"read_at": 1.0, "records": []})
+        assert store.instances() == []
 
     # -- fenced cursor and provider state -------------------------------------------------------
     def test_cursor_round_trips_exactly(self, store: StateStore) -> None:
@@ -320,6 +379,71 @@ class StateStoreContract:
         assert failed.last_error_at is not None and failed.last_poll == failed.last_error_at
         assert failed.last_success == ok.last_success
 
+    def test_begin_poll_takes_the_lease_and_reads_what_a_cycle_starts_from(
+        self, store: StateStore
+    ) -> None:
+        # Given a cursor, a provider state and entries in several states
+        lease = store.acquire_lease(INST, "a", 30)
+        assert lease is not None
+        store.set_cursor(lease, {"uid": 7})
+        store.set_provider_state(lease, {"uidvalidity": 42})
+        store.release_lease(lease)
+        for key in ["staged", "delivered", "skipped"]:
+            store.stage(INST, key, b"x")
+        store.transition(INST, "delivered", [S.STAGED], S.DELIVERED)
+        store.transition(INST, "skipped", [S.STAGED], S.SKIPPED)
+        # When a poll begins, asking for the delivered and skipped entries
+        start = store.begin_poll(INST, "b", 30, [S.DELIVERED, S.SKIPPED])
+        # Then it holds a lease with a larger token and read all three parts
+        assert start is not None and start.lease.holder == "b"
+        assert start.lease.token > lease.token and start.lease.expires_at > time.time() + 20
+        assert (start.cursor, start.provider_state) == ({"uid": 7}, {"uidvalidity": 42})
+        assert [(e.key, e.state) for e in start.entries] == [
+            ("delivered", S.DELIVERED), ("skipped", S.SKIPPED)
+        ]  # fmt: skip
+        # And the lease is really held: a second poll gets nothing, the fenced writes work
+        assert store.begin_poll(INST, "c", 30, [S.DELIVERED]) is None
+        store.set_cursor(start.lease, {"uid": 8})
+
+    def test_begin_poll_of_a_new_instance_reads_empty_state(self, store: StateStore) -> None:
+        start = store.begin_poll(INST, "a", 30, [S.DELIVERED])
+        assert start is not None
+        assert (start.cursor, start.provider_state, start.entries) == (None, {}, [])
+
+    def test_end_poll_releases_records_and_peeks(self, store: StateStore) -> None:
+        # Given a poll that staged two messages
+        start = store.begin_poll(INST, "a", 30, [S.DELIVERED])
+        assert start is not None
+        store.stage(INST, "first", b"x")
+        store.stage(INST, "second", b"y")
+        # When it ends having delivered one of them (counted), and then one with an error
+        after = store.end_poll(start.lease, processed=1)
+        # Then the lease is free, the counters are stamped, and the oldest staged entry is seen
+        assert store.get_lease(INST) is None
+        assert after.stats.processed == 1 and after.stats.last_success is not None
+        first = store.get_entry(INST, "first")
+        assert first is not None and after.oldest_staged == first.updated_at
+        again = store.begin_poll(INST, "b", 30, [S.DELIVERED])
+        assert again is not None
+        failed = store.end_poll(again.lease, error="ProviderUnavailable: timeout")
+        assert (
+            failed.stats.processed == 1
+            and failed.stats.last_error == "ProviderUnavailable: timeout"
+        )
+        assert failed.stats.last_success == after.stats.last_success
+
+    def test_end_poll_with_a_lost_lease_leaves_the_new_holder_alone(
+        self, store: StateStore
+    ) -> None:
+        old = store.begin_poll(INST, "a", 0.05, [])
+        assert old is not None
+        time.sleep(0.1)
+        new = store.begin_poll(INST, "b", 30, [])
+        assert new is not None
+        assert store.end_poll(old.lease).oldest_staged is None
+        info = store.get_lease(INST)
+        assert info is not None and info.holder == "b"
+
     def test_instances_lists_everything_the_store_holds(self, store: StateStore) -> None:
         store.stage("ledger-only", "k", b"x")
         store.record_poll("stats-only")
@@ -424,6 +548,21 @@ class TestSqliteStore(StateStoreContract):
         with pytest.raises(StateUnavailable, match="newer"):
             SqliteStore(db)
 
+    def test_a_read_only_store_from_before_mailbox_lists_reads_none(self, tmp_path: Path) -> None:
+        db = tmp_path / "old.db"
+        SqliteStore(db).close()
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TABLE mailbox_lists")
+        store = SqliteStore(db, create=False)
+        assert store.mailbox_lists() == {}
+        store.close()
+
+    def test_a_damaged_mailbox_list_is_left_out(self, store: StateStore) -> None:
+        assert isinstance(store, SqliteStore)
+        store.set_mailbox_list("Good", {"read_at": 1.0, "records": []})
+        store._conn().execute("INSERT INTO mailbox_lists VALUES ('Bad', '{broken')")
+        assert store.mailbox_lists() == {"Good": {"read_at": 1.0, "records": []}}
+
     def test_connections_of_finished_threads_are_closed(self, store: StateStore) -> None:
         assert isinstance(store, SqliteStore)
         for n in range(30):
@@ -483,6 +622,16 @@ class TestRedisStore(StateStoreContract):
         store.index_message_id("<x@y>", "out", "e1")
         ttl = redis_client(redis_url).ttl(store.keys.msgid("<x@y>"))
         assert MSGID_TTL - 60 < ttl <= MSGID_TTL
+
+    def test_a_heartbeat_key_lives_as_long_as_the_process_is_remembered(
+        self, store: StateStore, redis_url: str
+    ) -> None:
+        from router.state.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        store.beat("host-a:1", 15, 600)
+        pttl = redis_client(redis_url).pttl(store.keys.heartbeat("host-a:1"))
+        assert 590_000 < pttl <= 600_000
 
     def test_unreachable_server_raises_state_unavailable(self) -> None:
         from router.state.redis import RedisStore

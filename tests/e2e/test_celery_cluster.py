@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from router.models import LedgerState
 from tests.servers.celery_procs import CeleryProcs, wait_until
@@ -54,7 +56,7 @@ def drained(world: ClusterWorld, expected: int, outbound: int = 0) -> bool:
     if world.activities() < expected:
         return False
     statuses = world.crm.outbound_status()
-    return sum(1 for s in statuses.values() if s == "sent") >= outbound
+    return sum(1 for s in statuses.values() if s != "pending") >= outbound
 
 
 def assert_exactly_once(world: ClusterWorld, expected: int) -> None:
@@ -69,10 +71,20 @@ def assert_exactly_once(world: ClusterWorld, expected: int) -> None:
         assert counts.get(LedgerState.QUARANTINED, 0) == 0
 
 
-def assert_sent_once(world: ClusterWorld, sink: SmtpSink) -> None:
-    received = [r.message()["Subject"] for r in sink.messages]
-    assert sorted(received) == sorted(world.sent_subjects), "each email sent exactly once"
-    assert set(world.crm.outbound_status().values()) == {"sent"}
+def assert_sent_once(world: ClusterWorld, sink: SmtpSink, *, kills: int = 0) -> None:
+    """No email sent twice; every one marked Sent was received; the rest are ambiguous.
+
+    Ambiguous (Failed with "may or may not have been sent") is only allowed for a worker killed
+    between recording "submitted" and the final dot leaving: at most one per kill.
+    """
+    received = Counter(r.message()["Subject"] for r in sink.messages)
+    assert max(received.values(), default=1) == 1, "an email was sent twice"
+    outcomes = world.crm.outbound_outcomes().values()
+    sent = {subject for status, _, subject in outcomes if status == "sent"}
+    assert sent <= set(received), "an email was marked Sent without having been sent"
+    ambiguous = [s for status, why, s in outcomes if status == "failed" and "may or may" in why]
+    assert len(sent) + len(ambiguous) == len(world.sent_subjects), "an email was lost"
+    assert len(ambiguous) <= kills
     assert all(n == 1 for n in world.crm.mark_counts("mark_sent").values())
 
 
@@ -137,7 +149,7 @@ def test_workers_killed_repeatedly_lose_and_duplicate_nothing(
     assert len(subjects) == len(set(subjects)) == expected
     for inst in mailboxes:
         assert world.ledger(inst.name).get(LedgerState.STAGED, 0) == 0
-    assert_sent_once(world, sink)
+    assert_sent_once(world, sink, kills=6)
     print(
         f"\nCRM duplicate answers after kills (caught by Message-ID): {world.crm.duplicate_calls()}"
     )
@@ -168,9 +180,8 @@ def test_a_second_beat_causes_no_concurrent_polls_and_no_duplicates(
     assert world.overlaps() == []
     assert_exactly_once(world, expected)
     assert min(world.sessions_of(i.name) for i in world.incoming()) > 3
-    # (the duplicate polls did collide: some found the mailbox's lease taken and stood aside)
-    worker_logs = "".join(p.log_text() for p in celery_procs.procs if p.name.startswith("w"))
-    assert "'skipped': 'lease held by" in worker_logs
+    # (the two beats claim each due instant from Redis atomically, so they send no twin polls;
+    # tests/e2e/test_dispatch_two_beats.py checks that no period is polled twice or skipped)
 
 
 def test_redis_restart_mid_run_loses_and_duplicates_nothing(
@@ -258,9 +269,10 @@ def test_polls_scheduled_while_no_worker_runs_expire_instead_of_piling_up(
     world.poll_ms = 500
     inst = world.add_mailboxes(1, 3)[0]
     world.write_config()
-    beat = celery_procs.beat()
+    celery_procs.beat()
     time.sleep(6)
-    scheduled = beat.log_text().count(f"Sending due task poll:{inst.name}")
+    # (one poll_batch message per due instant of the single instance, waiting in the queue)
+    scheduled = redis.Redis.from_url(world.broker_url).llen("incoming")
     assert scheduled >= 8
     # When a worker starts
     celery_procs.worker("w1")

@@ -88,8 +88,10 @@ def test_each_organisation_gets_exactly_its_own_mail_and_sends_its_own_emails(
     simulator: SimulatorServer,
     smtp_server: Callable[..., SmtpSink],
 ) -> None:
-    # Given two organisations, each with IMAP and POP3 mailboxes and emails pending to send
-    sims = {org: simulator.for_org(org) for org in ORGS}
+    # Given two organisations, each with IMAP and POP3 mailboxes and emails pending to send;
+    # named after this test's fresh organisation because the simulator process serves the whole
+    # session: a bare "alpha" would be shared with any other test that also says "alpha"
+    sims = {org: simulator.for_org(f"{simulator.org}-{org}") for org in ORGS}
     sink = smtp_server()
     blocks: list[str] = []
     expected: dict[str, set[str]] = {org: set() for org in ORGS}
@@ -146,9 +148,10 @@ def test_each_organisation_gets_exactly_its_own_mail_and_sends_its_own_emails(
     elapsed = time.monotonic() - started
     time.sleep(2.0)  # anything late would show up as a duplicate now
     # Then each organisation holds exactly its own messages, each once, and nothing of the other
-    for org in ORGS:
+    for org, other in zip(ORGS, reversed(ORGS), strict=True):
         counts = received(sims[org])
-        assert set(counts) == expected[org], f"{org} holds mail of another organisation"
+        assert not set(counts) & expected[other], f"{org} holds mail of {other}"
+        assert set(counts) == expected[org], f"{org} holds other mail than its own mailboxes'"
         assert set(counts.values()) == {1}, f"{org} has duplicate activities"
         assert sent(org) == OUTBOUND
     # And every pending email went out through SMTP exactly once

@@ -202,9 +202,10 @@ def run_cli(args: list[str], timeout: float = 60.0) -> Run:
 DRIVER = """\
 import sys, time
 from router.errors import RetryableError
-from router.incoming import HANDLED, poll_instance
+from router.incoming import poll_instance
+from router.ledger import HANDLED
 from router.models import LedgerState
-from router.service import open_context
+from router.context import open_context
 
 ctx = open_context(sys.argv[1], state_url=sys.argv[2])
 name = sys.argv[3]

@@ -3,6 +3,11 @@
 :class:`SqliteCrm` is a CRM adapter whose outbound emails live in a SQLite file, so a send
 cycle running in a subprocess that gets SIGKILLed leaves a state the next process (and the test)
 can read. :func:`run_sender` is the entry point of that subprocess.
+
+Every email :func:`sample_email` makes is declared to the SMTP test servers
+(:func:`tests.servers.smtp.declare_crm_email`), and :func:`expect_dataverse_recipients` declares
+the emails of a simulator organisation: the servers' teardown then checks each message's
+envelope against the recipients of its CRM email, Bcc included.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from router.config import (
     Secret,
     SystemConfiguration,
 )
+from router.context import Context
 from router.crm.base import CrmAdapter, DeliveryTarget, Owners
 from router.crm.memory import MemoryCrm
 from router.errors import CrmRejected
+from router.mail.compose import message_id_for
 from router.models import Activity, Address, Attachment, DeliveryResult, Direction, OutboundEmail
-from router.service import Context
 from router.state.base import StateStore
 from router.state.memory import MemoryStore
+from tests.servers.smtp import SmtpSink, declare_crm_email
 
 OWNER = "user-1"
 #: An en dash: non-ASCII punctuation in subjects and file names.
@@ -105,17 +112,42 @@ def sample_email(i: int, *, attachments: bool = True, prefix: str = "e") -> Outb
         if attachments
         else ()
     )
-    return OutboundEmail(
-        email_id=f"{prefix}{i:05d}",
-        subject=f"Grüße Nr. {i} {DASH} Ihr Angebot",
-        body_html=f"<p>Hallo Jürgen,</p><p>Angebot <b>{i}</b> anbei. <img src='cid:logo{i}'></p>",
-        sender=Address("sales@example.com", "Vertrieb Köln"),
-        to=(Address(f"to{i}@example.com", "Jürgen Größ"),),
-        cc=(Address(f"cc{i}@example.com", "Zoë Ångström"),),
-        bcc=(Address(f"bcc{i}@example.com", "Geheim"),),
-        attachments=files,
-        tracking_token=f"CRM:{i:07d}",
+    return declared(
+        OutboundEmail(
+            email_id=f"{prefix}{i:05d}",
+            subject=f"Grüße Nr. {i} {DASH} Ihr Angebot",
+            body_html=(
+                f"<p>Hallo Jürgen,</p><p>Angebot <b>{i}</b> anbei. <img src='cid:logo{i}'></p>"
+            ),
+            sender=Address("sales@example.com", "Vertrieb Köln"),
+            to=(Address(f"to{i}@example.com", "Jürgen Größ"),),
+            cc=(Address(f"cc{i}@example.com", "Zoë Ångström"),),
+            bcc=(Address(f"bcc{i}@example.com", "Geheim"),),
+            attachments=files,
+            tracking_token=f"CRM:{i:07d}",
+        )
     )
+
+
+def declared(email: OutboundEmail) -> OutboundEmail:
+    """``email``, after telling the SMTP test servers whom it names (To+Cc and Bcc)."""
+    visible = [a.email for a in (*email.to, *email.cc)]
+    declare_crm_email(
+        message_id_for(email, email.sender.email), visible, [a.email for a in email.bcc]
+    )
+    return email
+
+
+def expect_dataverse_recipients(sink: SmtpSink, simulator: Any) -> None:
+    """Declare to ``sink`` the parties of every email of ``simulator``'s org that has an id."""
+    for row in simulator.emails():
+        if not row.get("messageid"):
+            continue
+        masks: dict[int, list[str]] = {2: [], 3: [], 4: []}
+        for party in row.get("parties", []):
+            if party.get("participationtypemask") in masks and party.get("addressused"):
+                masks[party["participationtypemask"]].append(party["addressused"])
+        sink.expect(row["messageid"], masks[2] + masks[3], masks[4])
 
 
 # -- a CRM whose state survives a SIGKILL ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every message of the shared corpus (../shared/corpus, ~400 hard real-world files) survives
+"""Every message of the corpus (tests/corpus, ~400 hard real-world files) survives
 parsing, and the bounce / auto-reply sets are classified as their folders say.
 
 Run with ``-s`` to see the classification accuracy printed.
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from router.errors import MessageUnusable
-from router.mime import parse_message
+from router.mail.parse import parse_message
 from router.models import Activity, Classification
 from tests.servers.common import require
+from tests.support.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
 _NOT_MESSAGES = {"MANIFEST.tsv", "SOURCES.md"}
 
 
@@ -110,12 +110,12 @@ def _parse(path: Path) -> Activity | None:
 
 @pytest.fixture(scope="module")
 def corpus_results() -> dict[str, Activity | None]:
-    require(bool(FILES), f"the shared corpus is missing at {CORPUS}")
+    require(bool(FILES), f"the corpus is missing at {CORPUS}")
     return {_rel(p): _parse(p) for p in FILES}
 
 
 def test_corpus_is_present_and_complete() -> None:
-    require(CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS}")
+    require(CORPUS.is_dir(), f"the corpus is missing at {CORPUS}")
     assert len(FILES) >= 390
 
 
@@ -136,7 +136,7 @@ def test_every_corpus_file_parses_or_is_refused_as_unusable(path: Path) -> None:
 
 
 def test_whole_corpus_parses_well_under_a_minute() -> None:
-    require(bool(FILES), f"the shared corpus is missing at {CORPUS}")
+    require(bool(FILES), f"the corpus is missing at {CORPUS}")
     started = time.monotonic()
     for path in FILES:
         _parse(path)

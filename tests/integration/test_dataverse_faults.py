@@ -38,6 +38,11 @@ def activities(prefix: str, count: int) -> list[Activity]:
     ]
 
 
+#: One entry per round in which deliver_many gave up on a batch (raised): the caller tried its
+#: items again in new batches, so that batch's last 429 has no retry of the same request.
+GAVE_UP: list[int] = []
+
+
 def deliver_all(crm: DataverseAdapter, acts: Sequence[Activity], rounds: int = 5) -> dict[str, Any]:
     """Deliver like the runtime: what fails with a retryable error is tried again later."""
     results: dict[str, DeliveryResult | CrmError] = {}
@@ -46,6 +51,7 @@ def deliver_all(crm: DataverseAdapter, acts: Sequence[Activity], rounds: int = 5
         try:
             answers = crm.deliver_many([(a, TARGET) for a in todo])
         except CrmUnavailable as exc:
+            GAVE_UP.append(1)
             time.sleep(exc.retry_after or 0.5)
             continue
         results.update({a.message_id: r for a, r in zip(todo, answers, strict=True)})
@@ -63,8 +69,13 @@ def outer_requests(sim: SimulatorServer) -> list[dict[str, Any]]:
     return [r for r in sim.request_log() if r["parent"] is None and "/api/data/" in r["path"]]
 
 
-def assert_retry_after_honoured(log: list[dict[str, Any]]) -> int:
-    """Every retry of a 429'd request starts no earlier than Retry-After after the 429."""
+def assert_retry_after_honoured(log: list[dict[str, Any]], gave_up: bool = False) -> int:
+    """Every retry of a 429'd request starts no earlier than Retry-After after the 429.
+
+    Every 429'd request is retried, unless the adapter ``gave_up`` on some batch (raised after
+    its last attempt, which may have been a 429; the caller sent those items again in other
+    requests, whose delivery the tests check exactly once).
+    """
     throttled = 0
     for n, entry in enumerate(log):
         if entry["status"] != 429:
@@ -72,7 +83,9 @@ def assert_retry_after_honoured(log: list[dict[str, Any]]) -> int:
         throttled += 1
         wait = float(entry["retry_after"])
         retry = next((r for r in log[n + 1 :] if r["fingerprint"] == entry["fingerprint"]), None)
-        assert retry is not None, "a throttled request was never retried"
+        if retry is None:
+            assert gave_up, "a throttled request was never retried"
+            continue
         gap = retry["t_start"] - entry["t_end"]
         assert gap >= wait, f"retried {gap:.3f} s after a 429 that asked for {wait} s"
         assert gap < wait + 3.0, f"waited {gap:.3f} s for Retry-After {wait} s"
@@ -86,6 +99,7 @@ def test_thousand_deliveries_survive_throttling_and_outages(simulator: Simulator
     acts = activities("storm", 1000)
 
     # When they are delivered in batches
+    GAVE_UP.clear()
     results = deliver_all(crm, acts)
 
     # Then each activity exists exactly once, and no 429 was retried early
@@ -93,7 +107,7 @@ def test_thousand_deliveries_survive_throttling_and_outages(simulator: Simulator
     counts = message_counts(simulator)
     assert len(counts) == 1000 and set(counts.values()) == {1}
     log = outer_requests(simulator)
-    assert assert_retry_after_honoured(log) > 10
+    assert assert_retry_after_honoured(log, gave_up=bool(GAVE_UP)) > 10
     assert any(r["status"] == 503 for r in log)
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from router.config import Configuration, Deployment
+from router.context import Context
 from router.crm.memory import MemoryCrm
 from router.incoming import poll_instance
-from router.service import Context
 from router.state.sqlite import SqliteStore
 from tests.servers.dovecot import Dovecot, message
 

@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 
 from router.config import ProviderConfiguration
+from router.ledger import OUTBOUND
 from router.models import BounceInfo, Direction, LedgerState
-from router.outgoing import OUTBOUND, handle_bounce, ledger_key, send_cycle
+from router.outgoing import handle_bounce, send_cycle
 from router.providers.memory import mailbox
+from router.state.keys import outbound_key
 from tests.integration.send_support import (
     OWNER,
     configuration,
@@ -87,7 +89,7 @@ def test_dsn_arriving_in_an_incoming_mailbox_marks_the_sent_email_failed(
     assert "5.1.1" in (stored.reason or "") and "Recipient address rejected" in (
         stored.reason or ""
     )
-    entry = ctx.store.get_entry(OUTBOUND, ledger_key("e00007"))
+    entry = ctx.store.get_entry(OUTBOUND, outbound_key("e00007"))
     assert entry is not None and entry.state is LedgerState.FAILED
     assert send_cycle(ctx, "out").pending == 0  # and it is never sent again
 

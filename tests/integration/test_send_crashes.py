@@ -1,7 +1,9 @@
 """Crashes on either side of the SMTP conversation: nothing is sent twice, nothing is lost.
 
 The SMTP sink runs as its own process and stores every message on disk, so the count at the
-sink is the ground truth: each CRM email must be there exactly once.
+sink is the ground truth: each CRM email must be there at most once, every one marked Sent must
+be there, and one that is not must be set aside as ambiguous (a sender killed in the instant
+between recording "submitted" and the final dot leaving), never silently marked Sent.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def test_smtp_server_killed_mid_batch_loses_and_duplicates_nothing(
 
 
 @pytest.mark.slow
-def test_sender_sigkilled_20_times_sends_every_email_exactly_once(
+def test_sender_sigkilled_20_times_sends_no_email_twice_and_marks_none_sent_that_did_not_leave(
     smtp_sink_process: Any, tmp_path: Path
 ) -> None:
     # Given 600 pending emails in a CRM and a ledger that both survive the sender's death
@@ -91,14 +93,22 @@ def test_sender_sigkilled_20_times_sends_every_email_exactly_once(
             last.kill()
             last.wait(timeout=10)
 
-    # Then the sink holds each email exactly once and the CRM has them all Sent
+    # Then no email reached the sink twice
     ids = _message_ids(sink)
     dupes = {k: v for k, v in ids.items() if v > 1}
     assert not dupes, f"seed {seed}: sent twice: {dupes}"
-    assert len(ids) == 600, f"seed {seed}: {600 - len(ids)} lost"
     assert kills == 20, f"seed {seed}: only {kills} kills landed mid-batch"
+    # And every email marked Sent is at the sink: none was marked Sent without having left
     status = crm.status()
-    assert {s for s, *_ in status.values()} == {"sent"}, f"seed {seed}"
+    sent = {mid for st, _, _, mid in status.values() if st == "sent"}
+    assert sent <= set(ids), f"seed {seed}: marked Sent, never sent: {sent - set(ids)}"
+    # And the rest are ambiguous (a kill between "submitted" and the dot leaving): set aside,
+    # Failed with the note, at most one per kill; nothing else lost, nothing left pending
+    ambiguous = [e for e, (st, why, *_) in status.items() if st == "failed" and "may or may not"
+                 in (why or "")]  # fmt: skip
+    assert len(sent) + len(ambiguous) == 600, f"seed {seed}: {status}"
+    assert len(ambiguous) <= kills, f"seed {seed}"
+    print(f"seed {seed}: {len(sent)} sent, {len(ambiguous)} ambiguous after {kills} kills")
 
 
 def _sender(port: int, crm_path: Path, state_path: Path) -> subprocess.Popen[bytes]:

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from router.errors import CrmUnavailable, ProviderAuthError
+from router.ledger import OUTBOUND
 from router.models import Address, LedgerState, OutboundEmail
-from router.outgoing import OUTBOUND, ledger_key, send_cycle
+from router.outgoing import send_cycle
+from router.state.keys import outbound_key
 from tests.integration.send_support import (
     DASH,
     OWNER,
@@ -174,7 +176,7 @@ def test_550_marks_the_email_failed_with_the_reply_text(smtp_server: Any) -> Non
     stored = crm.outbound["bad"]
     assert stored.status == "failed"
     assert "550 5.1.1 <nobody@example.com>: no such user" in (stored.reason or "")
-    assert ctx.store.get_entry(OUTBOUND, ledger_key("bad")).state is LedgerState.FAILED
+    assert ctx.store.get_entry(OUTBOUND, outbound_key("bad")).state is LedgerState.FAILED
 
 
 def test_4xx_every_time_fails_after_maximum_delivery_attempts(smtp_server: Any) -> None:
@@ -212,7 +214,7 @@ def test_crash_between_smtp_and_crm_marks_sent_without_sending_again(smtp_server
     crm.fault = outage
     with pytest.raises(CrmUnavailable):
         send_cycle(ctx, "out")
-    assert ctx.store.get_entry(OUTBOUND, ledger_key("e00001")).state is LedgerState.SUBMITTED
+    assert ctx.store.get_entry(OUTBOUND, outbound_key("e00001")).state is LedgerState.SUBMITTED
 
     # When the CRM is back and the next cycle runs
     crm.fault = None
@@ -286,4 +288,4 @@ def test_recipient_that_keeps_deferring_ends_as_sent_when_the_others_got_it(
     # Then the email left (To and Bcc got it once) and is Sent, not Failed
     assert [m.rcpt_tos for m in sink.messages] == [("to1@example.com", "bcc1@example.com")]
     assert crm.outbound["e00001"].status == "sent"
-    assert ctx.store.get_entry(OUTBOUND, ledger_key("e00001")).state is LedgerState.SENT
+    assert ctx.store.get_entry(OUTBOUND, outbound_key("e00001")).state is LedgerState.SENT

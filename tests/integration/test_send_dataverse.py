@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from router.config import Configuration, SystemConfiguration
+from router.context import Context
 from router.models import BounceInfo
 from router.outgoing import handle_bounce, send_cycle
-from router.service import Context
 from router.state.memory import MemoryStore
-from tests.integration.send_support import outgoing_cfg
+from tests.integration.send_support import expect_dataverse_recipients, outgoing_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -45,6 +45,7 @@ def test_pending_dataverse_emails_are_sent_once_and_marked_sent(
     report = send_cycle(ctx, "out")
     again = send_cycle(ctx, "out")
     ctx.close()
+    expect_dataverse_recipients(sink, simulator)  # the envelopes checked against the parties
 
     # Then SMTP got each once, and Dataverse has them Sent with the Message-ID stored
     assert report.sent == 20 and again.pending == 0

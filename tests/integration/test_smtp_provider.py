@@ -8,22 +8,24 @@ from typing import Any
 
 import pytest
 
-from router.compose import compose_message
 from router.errors import MessageRejected, ProviderAuthError, ProviderUnavailable
+from router.mail.compose import compose_message
 from router.models import Address, OutboundEmail
 from router.providers.smtp import SmtpProvider
-from tests.integration.send_support import outgoing_cfg
+from tests.integration.send_support import declared, outgoing_cfg
 from tests.servers.common import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-EMAIL = OutboundEmail(
-    "e1",
-    "Grüße",
-    "<p>Hallo</p>",
-    Address("sales@example.com", "Vertrieb"),
-    to=(Address("to@example.com"),),
-    bcc=(Address("hidden@example.com"),),
+EMAIL = declared(
+    OutboundEmail(
+        "e1",
+        "Grüße",
+        "<p>Hallo</p>",
+        Address("sales@example.com", "Vertrieb"),
+        to=(Address("to@example.com"),),
+        bcc=(Address("hidden@example.com"),),
+    )
 )
 
 
@@ -120,6 +122,25 @@ def test_every_recipient_refused_for_good_raises_message_rejected(smtp_server: A
         _send(SmtpProvider(outgoing_cfg(sink.port)))
 
 
+@pytest.mark.parametrize("hostile", ['"\r\n', "josé@müller..de", "x@y\r\nRCPT TO:<evil@x.example>"])
+def test_a_hostile_recipient_refuses_that_message_and_the_connection_sends_the_next(
+    smtp_server: Any, hostile: str
+) -> None:
+    # Given a server offering SMTPUTF8 and a caller handing over a raw hostile recipient
+    sink = smtp_server()
+    provider = SmtpProvider(outgoing_cfg(sink.port))
+    composed = compose_message(EMAIL)
+    with provider:
+        with pytest.raises(MessageRejected, match=r"not sent: .*correct the address"):
+            provider.submit(
+                EMAIL, composed.raw, "bounce@example.com", None, ["to@example.com", hostile]
+            )
+        provider.submit(EMAIL, composed.raw, "bounce@example.com")
+    # Then nothing of the hostile message reached the server, and the next one went through
+    assert len(sink.messages) == 1 and not any("evil" in line for line in sink.transcript)
+    assert len({m.peer for m in sink.messages}) == 1
+
+
 def test_a_server_that_is_down_is_a_retryable_error() -> None:
     with pytest.raises(ProviderUnavailable):
         _send(SmtpProvider(outgoing_cfg(free_port())))
@@ -169,4 +190,32 @@ def test_starttls_required_but_not_offered_stops_instead_of_sending_in_clear(
     cfg = outgoing_cfg(sink.port, security="starttls", params={"ca_bundle": str(smtp_certs.ca_pem)})
     with pytest.raises(ProviderAuthError, match="STARTTLS"):
         _send(SmtpProvider(cfg))
+    assert sink.messages == []
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_a_non_ascii_password_authenticates_with_each_mechanism(
+    smtp_server: Any, smtp_certs: Any, mechanism: str
+) -> None:
+    sink = smtp_server(security="starttls", users={"sälës": "pässwörd-€-日本"})
+    cfg = outgoing_cfg(
+        sink.port,
+        security="starttls",
+        auth="password",
+        user="sälës",
+        password="pässwörd-€-日本",
+        params={"ca_bundle": str(smtp_certs.ca_pem), "auth_mechanism": mechanism},
+    )
+    _send(SmtpProvider(cfg))
+    assert len(sink.messages) == 1
+
+
+def test_a_wrong_non_ascii_password_is_a_credentials_error_not_a_crash(smtp_server: Any) -> None:
+    sink = smtp_server(users={"sales": "pässwörd"})
+    cfg = outgoing_cfg(sink.port, auth="password", user="sales", password="pässwört-falsch")
+
+    with pytest.raises(ProviderAuthError) as err:
+        _send(SmtpProvider(cfg))
+
+    assert "535" in str(err.value) and "pässwört" not in str(err.value)
     assert sink.messages == []

@@ -92,13 +92,15 @@ class CeleryProcs:
         self.wait_log(proc, proc.ready_text, 60)
         return proc
 
-    def flower(self, port: int, basic_auth: str | None) -> Proc:
-        """Flower through the launcher that insists on credentials."""
+    def flower(self, port: int, basic_auth: str | None, address: str | None = "127.0.0.1") -> Proc:
+        """Flower through the launcher that insists on credentials (``address`` None: its own
+        default)."""
         env = {"ROUTER_FLOWER_BASIC_AUTH": basic_auth} if basic_auth else {}
         log = self.workdir / f"flower.{len(self.procs)}.log"
+        args = [f"--port={port}"] + ([f"--address={address}"] if address is not None else [])
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "workers.flower", f"--port={port}", "--address=127.0.0.1"],
+                [sys.executable, "-m", "workers.flower", *args],
                 cwd=ROOT,
                 env={**os.environ, **self.env, **env, "PYTHONPATH": str(ROOT)},
                 stdout=out,

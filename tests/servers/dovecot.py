@@ -1,9 +1,10 @@
 """A private Dovecot (IMAP + POP3, plain and TLS) for the tests, and helpers to fill mailboxes.
 
 The ``dovecot`` fixture (session scope) starts one Dovecot from a generated configuration in a temp
-dir (see ../shared/testing.md): plain IMAP/POP3 ports (with STARTTLS/STLS), implicit-TLS IMAPS/
-POP3S ports with a trustme certificate for 127.0.0.1/localhost, users from a passwd-file (re-read
-by Dovecot when it changes), maildirs. It is stopped with ``doveadm stop`` at the end.
+dir (a recipe known to work with Debian 12's dovecot 2.3): plain IMAP/POP3 ports (with
+STARTTLS/STLS), implicit-TLS IMAPS/POP3S ports with a trustme certificate for 127.0.0.1/localhost,
+users from a passwd-file (re-read by Dovecot when it changes), maildirs. It is stopped with
+``doveadm stop`` at the end.
 
 ``dovecot_user`` gives each test a fresh mailbox; ``Dovecot.provider_config`` builds a
 ``<ProviderConfiguration>`` pointing at it. :class:`DroppingProxy` sits between a client and the
@@ -149,8 +150,10 @@ class _Introspection(http.server.BaseHTTPRequestHandler):
 class Dovecot:
     """A running private Dovecot and the helpers tests use to read and change mailboxes."""
 
-    def __init__(self, root: Path, ca_path: Path) -> None:
+    def __init__(self, root: Path, ca_path: Path, extra_config: str = "") -> None:
         self.root, self.ca_path = root, ca_path
+        #: appended to the generated configuration (e.g. :data:`MANY_CONNECTIONS`)
+        self.extra_config = extra_config
         self.ports = {k: free_port() for k in ("imap", "imaps", "pop3", "pop3s")}
         self.conf = root / "dovecot.conf"
 
@@ -164,7 +167,8 @@ class Dovecot:
         (self.root / "users").write_text("")
         (self.root / "mail").mkdir()
         shutil.chown(self.root / "mail", "dovecot", "dovecot")
-        self.conf.write_text(CONFIG.format(root=self.root, password=PASSWORD, **self.ports))
+        config = CONFIG.format(root=self.root, password=PASSWORD, **self.ports)
+        self.conf.write_text(config + self.extra_config)
         subprocess.run(["dovecot", "-c", str(self.conf)], check=True, timeout=30)
         if not wait_for(lambda: all(port_open(p) for p in self.ports.values()), 15):
             raise RuntimeError(f"dovecot did not start: {self.log_tail()}")
@@ -195,7 +199,7 @@ class Dovecot:
 
     def add_user(self, name: str, password: str) -> str:
         """Add a user with its own password to the passwd-file; return once Dovecot knows it."""
-        with (self.root / "users").open("a") as users:
+        with (self.root / "users").open("a", encoding="utf-8") as users:
             users.write(f"{name}:{{PLAIN}}{password}\n")
         if not wait_for(lambda: self._auth_ok(name, password), 5, 0.2):
             raise RuntimeError(f"dovecot did not pick up user {name}")
@@ -401,9 +405,28 @@ class DroppingProxy:
             thread.join(5)
 
 
+#: ``extra_config`` for a Dovecot that holds a thousand or more IMAP connections at once (the
+#: push benchmark's IDLE sessions): one imap process per connection, and the auxiliary services
+#: (anvil, log, stats) each see every one of them as a client. Each IDLE session watches its
+#: maildir with an inotify instance, all under the dovecot uid, and Linux allows 128 per uid by
+#: default (``fs.inotify.max_user_instances``): past that Dovecot looks at the mailbox every
+#: ``mailbox_idle_check_interval`` instead (30 s by default, 1 s here).
+MANY_CONNECTIONS = """
+default_process_limit = 2500
+default_client_limit = 10000
+service imap {
+  process_limit = 2500
+}
+mailbox_idle_check_interval = 1 s
+"""
+
+
 @contextlib.contextmanager
-def running_dovecot() -> Iterator[Dovecot]:
-    """Start a private Dovecot with a fresh trustme CA in a temp dir; stop and remove it after."""
+def running_dovecot(extra_config: str = "") -> Iterator[Dovecot]:
+    """Start a private Dovecot with a fresh trustme CA in a temp dir; stop and remove it after.
+
+    ``extra_config`` is appended to the generated configuration (e.g. :data:`MANY_CONNECTIONS`).
+    """
     import trustme
 
     root = Path(tempfile.mkdtemp(prefix="er-dovecot-"))
@@ -414,7 +437,7 @@ def running_dovecot() -> Iterator[Dovecot]:
     cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
     ca.cert_pem.write_to_path(str(root / "ca.pem"))
     os.chmod(root / "key.pem", 0o600)
-    server = Dovecot(root, root / "ca.pem")
+    server = Dovecot(root, root / "ca.pem", extra_config)
     try:
         server.start()
         yield server

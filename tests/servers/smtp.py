@@ -14,12 +14,21 @@ Run it by hand: ``python -m tests.servers.smtp --port 2525 --store /tmp/sink``.
 Scripted replies: ``rcpt_replies={"bob@example.com": ["451 4.7.1 try later"]}`` answers the
 first RCPT TO for bob with 451 and accepts him afterwards; ``sticky`` replies
 (``rcpt_always={"x@example.com": "550 5.1.1 no such user"}``) answer every time.
+
+Envelope check: both fixtures assert at teardown, for every message the server accepted, that
+the envelope matches the headers - every accepted ``RCPT TO`` is a To/Cc address of the message
+or a Bcc the test declared, and every To/Cc address (and declared Bcc) was asked for in some
+``RCPT TO`` of a transaction with that Message-ID. A CRM email the test declared
+(:func:`declare_crm_email`, :meth:`SmtpSink.expect`) must also have exactly its To+Cc in the
+headers. The server keeps a raw transcript (``transcript``: every MAIL/RCPT/DATA/RSET command
+line as received) and each message's requested recipients (``Received.tried``, refused ones too).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -28,12 +37,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser, Parser
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from tests.servers.common import free_port, port_open, wait_for
 
@@ -42,18 +57,136 @@ HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class Received:
-    """One message as the server got it: envelope and raw bytes."""
+    """One message as the server got it: envelope, raw bytes and every RCPT TO asked for."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
     mail_options: tuple[str, ...] = ()
     peer: str = ""
+    tried: tuple[str, ...] = ()
 
-    def message(self) -> Any:
-        from email import message_from_bytes, policy
+    def message(self, headers_only: bool = False) -> Any:
+        if self.data.isascii():
+            return BytesParser(policy=policy.default).parsebytes(self.data, headers_only)
+        # SMTPUTF8: read the header fields as UTF-8 text, not as surrogate-escaped bytes
+        text = self.data.decode("utf-8", "replace")
+        return Parser(policy=policy.SMTPUTF8).parsestr(text, headers_only)
 
-        return message_from_bytes(self.data, policy=policy.default)
+
+@dataclass(frozen=True)
+class CrmRecipients:
+    """The recipients a CRM email names: ``visible`` (To + Cc) and ``hidden`` (Bcc)."""
+
+    visible: frozenset[str]
+    hidden: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, visible: Iterable[str], hidden: Iterable[str] = ()) -> CrmRecipients:
+        return cls(frozenset(map(normalized, visible)), frozenset(map(normalized, hidden)))
+
+
+#: CRM emails the tests declared, by the Message-ID the router gives them (see module docstring).
+DECLARED: dict[str, CrmRecipients] = {}
+
+
+def declare_crm_email(message_id: str, visible: Iterable[str], hidden: Iterable[str] = ()) -> None:
+    """Tell every sink what the CRM email sent as ``message_id`` names as its recipients."""
+    DECLARED[message_id] = CrmRecipients.of(visible, hidden)
+
+
+def normalized(address: str) -> str:
+    """An address in one comparable form: ``<>`` and name dropped, domain IDNA and lower case."""
+    text = address.strip()
+    if text.endswith(">") and "<" in text:
+        text = text[text.rfind("<") + 1 : -1]
+    local, _, domain = text.rpartition("@")
+    # an unencodable domain is left as it is: it then matches nothing the router could send
+    with contextlib.suppress(UnicodeError):
+        domain = domain.encode("idna").decode("ascii")
+    return f"{local}@{domain.lower()}"
+
+
+def envelope_problems(
+    messages: Iterable[Received], declared: Mapping[str, CrmRecipients]
+) -> list[str]:
+    """What is wrong between the envelopes and the headers of ``messages`` (see the docstring)."""
+    problems: list[str] = []
+    asked: dict[str, set[str]] = {}
+    named: dict[str, set[str]] = {}
+    for received in messages:
+        msg = received.message(headers_only=True)
+        message_id = str(msg.get("Message-ID", ""))
+        visible = _header_addresses(msg)
+        crm = declared.get(message_id)
+        problems += _one_envelope(message_id, received, visible, crm)
+        asked.setdefault(message_id, set()).update(map(normalized, received.tried))
+        named.setdefault(message_id, set()).update(visible | (crm.hidden if crm else set()))
+    for message_id, wanted in named.items():
+        for missing in sorted(wanted - asked[message_id]):
+            problems.append(f"{message_id}: {missing} is a recipient but got no RCPT TO")
+    return problems
+
+
+def _one_envelope(
+    message_id: str, received: Received, visible: set[str], crm: CrmRecipients | None
+) -> list[str]:
+    allowed = visible | (crm.hidden if crm else set())
+    problems = [
+        f"{message_id}: RCPT TO:<{rcpt}> is neither in To/Cc ({sorted(visible)}) nor a Bcc"
+        for rcpt in received.rcpt_tos
+        if normalized(rcpt) not in allowed
+    ]
+    if crm is not None and visible != crm.visible:
+        problems.append(f"{message_id}: To/Cc say {sorted(visible)}, the CRM {sorted(crm.visible)}")
+    return problems
+
+
+def _header_addresses(msg: EmailMessage) -> set[str]:
+    found: set[str] = set()
+    for name in ("To", "Cc"):
+        for header in msg.get_all(name, []):
+            found.update(normalized(a.addr_spec) for a in header.addresses)
+    return found
+
+
+class _TranscriptSMTP(SMTP):
+    """aiosmtpd's server keeping a raw transcript and the RCPT TOs of the open transaction."""
+
+    def __init__(self, handler: SinkHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sink_handler = handler
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._note("MAIL", arg)
+        self.sink_handler.start_transaction(self)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._note("RCPT", arg)
+        path = (arg or "").partition("<")[2].rpartition(">")[0]
+        self.sink_handler.tried_in(self).append(path)
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        self._note("DATA", arg)
+        await super().smtp_DATA(arg)
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        self._note("RSET", arg)
+        self.sink_handler.start_transaction(self)
+        await super().smtp_RSET(arg)
+
+    def _note(self, verb: str, arg: str | None) -> None:
+        with self.sink_handler.lock:
+            self.sink_handler.transcript.append(f"{verb} {arg or ''}".rstrip())
+
+
+class _TranscriptController(Controller):
+    """A Controller whose sessions are :class:`_TranscriptSMTP`."""
+
+    def factory(self) -> SMTP:
+        return _TranscriptSMTP(self.handler, **self.SMTP_kwargs)
 
 
 @dataclass
@@ -69,6 +202,16 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     transactions: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    transcript: list[str] = field(default_factory=list)
+    tried: weakref.WeakKeyDictionary[Any, list[str]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+    def start_transaction(self, server: Any) -> None:
+        self.tried[server] = []
+
+    def tried_in(self, server: Any) -> list[str]:
+        return self.tried.setdefault(server, [])
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -96,6 +239,7 @@ class SinkHandler:
                 bytes(envelope.original_content or envelope.content),
                 tuple(envelope.mail_options),
                 str(session.peer),
+                tuple(self.tried_in(server)),
             )
             self.messages.append(received)
             if self.store_dir is not None:
@@ -118,6 +262,7 @@ def _store(directory: Path, number: int, received: Received) -> None:
     record = {
         "mail_from": received.mail_from,
         "rcpt_tos": list(received.rcpt_tos),
+        "tried": list(received.tried),
         "data": base64.b64encode(received.data).decode(),
     }
     tmp = directory / f".{name}.tmp"
@@ -130,9 +275,9 @@ def read_store(directory: Path) -> list[Received]:
     out = []
     for path in sorted(directory.glob("*.json")):
         rec = json.loads(path.read_text(encoding="utf-8"))
-        out.append(
-            Received(rec["mail_from"], tuple(rec["rcpt_tos"]), base64.b64decode(rec["data"]))
-        )
+        data = base64.b64decode(rec["data"])
+        tried = tuple(rec.get("tried", ()))
+        out.append(Received(rec["mail_from"], tuple(rec["rcpt_tos"]), data, tried=tried))
     return out
 
 
@@ -161,9 +306,8 @@ class SmtpSink:
         port: int | None = None,
         idle_timeout: float = 300,
     ) -> None:
-        from aiosmtpd.controller import Controller
-
         self.handler, self.security, self.port = handler, security, port or free_port()
+        self.expected: dict[str, CrmRecipients] = {}
         kwargs: dict[str, Any] = {
             "enable_SMTPUTF8": True,
             "auth_require_tls": False,
@@ -175,13 +319,26 @@ class SmtpSink:
             assert certs is not None
             kwargs.update(tls_context=certs.server_context(), require_starttls=True)
         ssl_context = certs.server_context() if security == "ssl" and certs else None
-        self.controller = Controller(
+        self.controller = _TranscriptController(
             handler, hostname=HOST, port=self.port, ssl_context=ssl_context, **kwargs
         )
 
     @property
     def messages(self) -> list[Received]:
         return self.handler.messages
+
+    @property
+    def transcript(self) -> list[str]:
+        """Every MAIL/RCPT/DATA/RSET command line received, in order."""
+        with self.handler.lock:
+            return list(self.handler.transcript)
+
+    def expect(self, message_id: str, visible: Iterable[str], hidden: Iterable[str] = ()) -> None:
+        """Declare the To+Cc (``visible``) and Bcc of the CRM email sent as ``message_id``."""
+        self.expected[message_id] = CrmRecipients.of(visible, hidden)
+
+    def envelope_problems(self) -> list[str]:
+        return envelope_problems(self.messages, {**DECLARED, **self.expected})
 
     def start(self) -> SmtpSink:
         self.controller.start()
@@ -280,6 +437,7 @@ def smtp_server(smtp_certs: Certs) -> Iterator[Callable[..., SmtpSink]]:
     yield start
     for sink in started:
         sink.stop()
+    _fail_on(problem for sink in started for problem in sink.envelope_problems())
 
 
 @pytest.fixture
@@ -294,6 +452,13 @@ def smtp_sink_process(tmp_path: Path) -> Iterator[Callable[..., SinkProcess]]:
     yield start
     for sink in started:
         sink.kill()
+    _fail_on(p for sink in started for p in envelope_problems(sink.messages(), DECLARED))
+
+
+def _fail_on(problems: Iterable[str]) -> None:
+    found = list(problems)
+    if found:
+        pytest.fail("envelope and headers disagree:\n" + "\n".join(found[:20]), pytrace=False)
 
 
 # -- as a process ---------------------------------------------------------------------------------

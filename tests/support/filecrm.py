@@ -200,6 +200,11 @@ class CrmFile:
     def outbound_status(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT email_id, status FROM outbound").fetchall())
 
+    def outbound_outcomes(self) -> dict[str, tuple[str, str, str]]:
+        """``email_id -> (status, reason, subject)`` of every outbound email."""
+        rows = self.db.execute("SELECT email_id, status, reason, doc FROM outbound").fetchall()
+        return {e: (st, why or "", json.loads(doc)["subject"]) for e, st, why, doc in rows}
+
     def mark_counts(self, op: str = "mark_sent") -> dict[str, int]:
         rows = self.db.execute("SELECT ref, COUNT(*) FROM calls WHERE op = ? GROUP BY ref", (op,))
         return dict(rows.fetchall())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from beat_schedule import HOUSEKEEPING_SECONDS, build_schedule
+from beat_schedule import build_schedule
 from router.config import Configuration, ProviderConfiguration, Settings
 from router.models import Direction
+from router.runtime.periods import HOUSEKEEPING_PERIOD
 from workers.app import create_app
 from workers.scheduler import ConfigScheduler
 
@@ -53,7 +54,7 @@ def test_disabled_instances_are_not_scheduled() -> None:
 def test_housekeeping_runs_every_few_minutes_on_the_crm_queue() -> None:
     entry = build_schedule(Configuration())["housekeeping"]
     assert entry["task"] == "workers.tasks.housekeeping"
-    assert entry["schedule"] == HOUSEKEEPING_SECONDS
+    assert entry["schedule"] == HOUSEKEEPING_PERIOD
     assert entry["options"]["queue"] == "crm"
 
 

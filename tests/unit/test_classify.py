@@ -1,4 +1,4 @@
-"""router.classify: auto-replies, bounces (RFC 3464 and the common non-standard shapes), read
+"""router.mail.classify: auto-replies, bounces (RFC 3464 and the common non-standard shapes), read
 receipts, feedback reports, and ordinary mail that only looks like one of them."""
 
 from __future__ import annotations
@@ -6,16 +6,15 @@ from __future__ import annotations
 import email
 from email import policy
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
-from router.classify import classify
-from router.mime import parse_message
+from router.mail.classify import classify
+from router.mail.parse import parse_message
 from router.models import Classification
 from tests.servers.common import require
+from tests.support.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
 AUTO, BOUNCE, NORMAL = Classification.AUTO_REPLY, Classification.BOUNCE, Classification.NORMAL
 
 

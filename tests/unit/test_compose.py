@@ -1,4 +1,4 @@
-"""Composition of outgoing CRM emails (router.compose): headers, parts, encodings."""
+"""Composition of outgoing CRM emails (router.mail.compose): headers, parts, encodings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from router.compose import compose_message, html_to_text, message_id_for, subject_with_token
+import pytest
+
+from router.mail.addresses import AddressRefused
+from router.mail.compose import (
+    MAX_SUBJECT,
+    compose_message,
+    html_to_text,
+    message_id_for,
+    subject_with_token,
+)
 from router.models import Address, Attachment, OutboundEmail
 
 SENDER = Address("queue@example.com", "Kundenservice Müller & Söhne")
@@ -180,3 +189,92 @@ def test_ascii_file_name_with_quotes_is_escaped() -> None:
     (part,) = list(_parse(compose_message(_email(attachments=(file,))).raw).iter_attachments())
     assert part.get_filename() == 'the "final" \\ version.txt'
     assert part.get_content_type() == "text/plain"
+
+
+# -- hostile CRM data (issue 10) -------------------------------------------------------------------
+def _head(raw: bytes) -> list[bytes]:
+    return raw.partition(b"\r\n\r\n")[0].split(b"\r\n")
+
+
+def test_the_envelope_and_the_headers_come_from_the_same_parsed_addresses() -> None:
+    email = _email(to=(Address('"Jürgen, \\"JM\\"" <jm@bücher.example>'),), cc=(), bcc=())
+    composed = compose_message(email)
+    assert composed.recipients == ("jm@xn--bcher-kva.example",)
+    assert composed.email is not None
+    assert composed.email.to == (Address("jm@xn--bcher-kva.example", 'Jürgen, "JM"'),)
+    (to,) = _parse(composed.raw)["To"].addresses
+    assert (to.display_name, to.addr_spec) == ('Jürgen, "JM"', "jm@xn--bcher-kva.example")
+
+
+def test_a_crlf_in_a_recipient_refuses_the_email_instead_of_writing_a_header() -> None:
+    email = _email(to=(Address('"Name\r\nBcc: evil@x.example" <victim@example.net>'),))
+    with pytest.raises(AddressRefused, match=r"^To address 1 .* U\+000D"):
+        compose_message(email)
+
+
+@pytest.mark.parametrize("local", ["kari", "kåri"], ids=["ascii", "smtputf8"])
+def test_crlf_in_an_attachments_type_name_and_content_id_never_reaches_a_header(
+    local: str,
+) -> None:
+    file = Attachment(
+        "a\r\nX-Injected: name.pdf",
+        "application/pdf\r\nX-Injected: type",
+        b"data",
+        content_id="cid\r\nX-Injected: cid",
+        inline=True,
+    )
+    composed = compose_message(_email(to=(Address(f"{local}@example.no"),), attachments=(file,)))
+    assert b"\r\nX-Injected" not in composed.raw
+    (part,) = [p for p in _parse(composed.raw).walk() if p.get("Content-ID")]
+    assert part.get_content_type() == "application/octet-stream"
+    assert part["Content-ID"] == "<cidX-Injected:cid>"
+    assert part.get_filename() == "a X-Injected: name.pdf"
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [("text/PLAIN; charset=utf-8", "text/plain"), ("image/png", "image/png"), ("x", None),
+     ("text/pl ain", None), ("multipart/mixed", None), ("text/\u00e9", None), ("", None)],
+)  # fmt: skip
+def test_an_attachments_mime_type_is_two_tokens_or_octet_stream(given: str, sent: str) -> None:
+    file = Attachment("f.bin", given, b"data")
+    (part,) = list(_parse(compose_message(_email(attachments=(file,))).raw).iter_attachments())
+    assert part.get_content_type() == (sent or "application/octet-stream")
+
+
+@pytest.mark.parametrize("local", ["kari", "kåri"], ids=["ascii", "smtputf8"])
+def test_nul_bytes_are_dropped_from_subject_body_and_tracking_token(local: str) -> None:
+    email = _email(
+        to=(Address(f"{local}@example.no"),),
+        subject="Hallo\x00Welt",
+        body_html="<p>a\x00b</p>",
+        tracking_token="CRM:\x001",
+    )
+    composed = compose_message(email)
+    assert b"\x00" not in composed.raw
+    msg = _parse(composed.raw)
+    assert msg["Subject"] == "HalloWelt CRM:1"
+    assert "<p>ab</p>" in msg.get_body(("html",)).get_content()
+
+
+@pytest.mark.parametrize("local", ["kari", "kåri"], ids=["ascii", "smtputf8"])
+def test_a_100_kb_subject_without_spaces_is_cut_and_folded_into_short_lines(local: str) -> None:
+    email = _email(to=(Address(f"{local}@example.no"),), subject="x" * 100_000)
+    composed = compose_message(email)
+    assert max(len(line) for line in _head(composed.raw)) <= 78
+    assert _parse(composed.raw)["Subject"] == "x" * MAX_SUBJECT + " CRM:0004711"
+
+
+@pytest.mark.parametrize("local", ["kari", "kåri"], ids=["ascii", "smtputf8"])
+def test_long_names_and_message_ids_never_make_a_header_line_over_998_octets(local: str) -> None:
+    long_name = "\U0001f600" * 400
+    email = _email(
+        to=(Address(f"{local}@example.no", long_name), Address("x" * 64 + "@" + "y" * 60 + ".no")),
+        message_id="m" * 10_000 + "@x",
+        in_reply_to="<a\r\nX-Injected: 1@x>",
+        references=("r" * 10_000,),
+    )
+    composed = compose_message(email)
+    assert max(len(line) for line in _head(composed.raw)) <= 998
+    assert b"\r\nX-Injected" not in composed.raw
+    assert composed.message_id.startswith("<er.")  # the CRM's junk id replaced by our own

@@ -11,9 +11,9 @@ from router.config import (
     ProviderConfiguration,
     Secret,
     Settings,
-    load_config,
     load_settings,
 )
+from router.configcheck import load_config
 from router.errors import ConfigError
 from router.models import Direction
 
@@ -101,7 +101,8 @@ def test_log_level_is_normalised_and_checked(tmp_path: Path) -> None:
 
     path.write_text(path.read_text().replace("debug", "loud"))
     assert problems_of(path) == [
-        f"{path}:3: <LogLevel>: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got 'loud')"
+        f"{path}:3: <LogLevel>: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, OFF, "
+        "or 0-3 as in the original router (got 'loud')"
     ]
 
 

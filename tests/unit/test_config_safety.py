@@ -12,7 +12,7 @@ import pytest
 from lxml import etree
 
 from router import xmlsafe
-from router.config import load_config
+from router.configcheck import load_config
 from router.errors import ConfigError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "config"
@@ -78,7 +78,7 @@ def test_billion_laughs_fails_fast_with_tiny_memory() -> None:
     script = f"""
 import json, resource, sys, time
 from pathlib import Path
-from router.config import load_config
+from router.configcheck import load_config
 from router.errors import ConfigError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from router.config import Deployment
+from router.crm.factory import make_crm
 from router.errors import ConfigError
-from router.service import make_crm
 from tests.support.filecrm import FileCrm
 
 

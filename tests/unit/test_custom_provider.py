@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from router.config import Configuration, Deployment, ProviderConfiguration
+from router.context import Context
 from router.crm.memory import MemoryCrm
 from router.errors import ConfigError
 from router.incoming import poll_instance
 from router.models import Direction
 from router.providers.registry import resolve
-from router.service import Context
 from router.state.memory import MemoryStore
 from tests.support.rss_provider import RssProvider
 

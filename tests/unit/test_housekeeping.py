@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from router.config import Configuration, SystemConfiguration
-from router.housekeeping import OUTBOUND, housekeeping
+from router.context import Context
+from router.housekeeping import housekeeping
+from router.ledger import OUTBOUND
 from router.models import LedgerState
-from router.outgoing import OUTBOUND as OUTGOING_NAMESPACE
-from router.service import Context
+from router.state.keys import OUTBOUND as OUTGOING_NAMESPACE
 from router.state.memory import MemoryStore
 
 

@@ -6,6 +6,8 @@ tests/integration and tests/e2e; these tests pin the ordering rules of router.in
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -14,13 +16,15 @@ import pytest
 
 from router import quarantine
 from router.config import Configuration, Deployment, ProviderConfiguration
+from router.context import Context
 from router.crm.base import DeliveryTarget
 from router.crm.memory import MemoryCrm
+from router.delivery import DELIVERY_CHUNK
 from router.errors import CrmError, CrmRejected, CrmUnavailable, ProviderUnavailable
-from router.incoming import format_report, poll_instance
-from router.models import Activity, DeliveryResult, Direction, LedgerState
+from router.incoming import STAGE_GROUP, poll_instance
+from router.models import Activity, DeliveryResult, Direction, LedgerState, MessageRef
 from router.providers import memory as memprov
-from router.service import Context
+from router.report import format_report
 from router.state.memory import MemoryStore
 
 
@@ -41,6 +45,12 @@ def make_message(
         msg[name] = value
     msg.set_content(f"body {n}")
     return msg.as_bytes()
+
+
+def crm_outage(what: str) -> None:
+    """A MemoryCrm fault: every delivery meets a 503 (the CRM is down)."""
+    if what == "deliver":
+        raise CrmUnavailable("503 from the CRM", retry_after=1)
 
 
 class Rig:
@@ -124,11 +134,7 @@ def test_nothing_is_deleted_on_the_server_before_the_crm_has_it() -> None:
     rig = Rig(after_processing="delete")
     rig.append(3)
 
-    def outage(what: str) -> None:
-        if what == "deliver":
-            raise CrmUnavailable("503 from the CRM", retry_after=1)
-
-    rig.crm.fault = outage
+    rig.crm.fault = crm_outage
     with pytest.raises(CrmUnavailable):
         poll_instance(rig.ctx, "box")
     assert len(rig.box.messages) == 3
@@ -248,6 +254,10 @@ def test_poll_records_counters_and_the_report_reads_well() -> None:
     assert "  1: delivered" in text
 
 
+class WorkerKilled(BaseException):
+    """Stands for a kill -9: not an Exception, so no per-message isolation can catch it."""
+
+
 class NonDedupingBatchCrm(MemoryCrm):
     """A CRM whose batch path creates without a duplicate check (the worst case)."""
 
@@ -264,7 +274,7 @@ class NonDedupingBatchCrm(MemoryCrm):
             self.created.append(activity.message_id)
             results.append(DeliveryResult(self.deliver(activity, target).activity_id))
         if self.crash_after_batch:  # the worker dies after the CRM accepted the batch
-            raise RuntimeError("worker killed before the ledger was updated")
+            raise WorkerKilled("worker killed before the ledger was updated")
         return results
 
 
@@ -276,7 +286,7 @@ def test_a_delivery_interrupted_after_the_crm_accepted_it_is_retried_with_a_dupl
     rig.ctx._crms["crm"] = crm
     rig.append(3)
     crm.crash_after_batch = True
-    with pytest.raises(RuntimeError):
+    with pytest.raises(WorkerKilled):
         poll_instance(rig.ctx, "box")
     assert rig.store.count_entries("box") == {LedgerState.STAGED: 3}
     crm.crash_after_batch = False
@@ -284,3 +294,102 @@ def test_a_delivery_interrupted_after_the_crm_accepted_it_is_retried_with_a_dupl
     assert len(crm.created) == 3, "the retry went through the unchecked batch path again"
     assert report.duplicates == 3
     assert rig.store.count_entries("box") == {LedgerState.DONE: 3}
+
+
+# -- delivery overlapping the fetch (router.pipeline) ---------------------------------------------
+#: The first stage-group boundary with a whole delivery chunk staged: where delivery starts.
+OVERLAP_AT = -(-DELIVERY_CHUNK // STAGE_GROUP) * STAGE_GROUP
+
+
+def _fetch_waiting_at(
+    monkeypatch: pytest.MonkeyPatch, uid: int, until: threading.Event, waited: list[bool]
+) -> None:
+    """Make the memory provider's fetch of ``uid`` wait (up to 5 s) for ``until``."""
+    fetch = memprov.MemoryIncomingProvider._fetch
+
+    def waiting_fetch(self: memprov.MemoryIncomingProvider, ref: MessageRef) -> bytes:
+        if int(ref.key) == uid:
+            waited.append(until.wait(timeout=5))
+        return fetch(self, ref)
+
+    monkeypatch.setattr(memprov.MemoryIncomingProvider, "_fetch", waiting_fetch)
+
+
+def test_the_crm_receives_a_whole_staged_chunk_while_the_next_messages_are_fetched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a backlog larger than a delivery chunk, whose fetch past the chunk waits for the CRM
+    total = OVERLAP_AT + STAGE_GROUP
+    rig = Rig(max_message_count=total)
+    rig.append(total)
+    delivering, waited = threading.Event(), list[bool]()
+    rig.crm.fault = lambda what: delivering.set() if what == "deliver" else None
+    _fetch_waiting_at(monkeypatch, OVERLAP_AT + 1, delivering, waited)
+    # When one poll runs
+    report = poll_instance(rig.ctx, "box")
+    # Then the CRM was delivering before the fetch went on, and everything ended up done once
+    assert waited == [True], "delivery did not overlap the fetch"
+    assert report.delivered == report.post_processed == total
+    assert rig.subjects() == [f"message {n}" for n in range(1, total + 1)]
+    assert rig.store.count_entries("box") == {LedgerState.DONE: total}
+
+
+def test_a_cycle_smaller_than_a_delivery_chunk_delivers_it_whole_after_the_fetch() -> None:
+    # Given fewer new messages than a delivery chunk, in several stage groups
+    rig = Rig(max_message_count=2 * STAGE_GROUP)
+    rig.append(2 * STAGE_GROUP)
+    threads: list[str] = []
+    rig.crm.fault = lambda what: threads.append(threading.current_thread().name)
+    # When one poll runs
+    report = poll_instance(rig.ctx, "box")
+    # Then they went to the CRM from the cycle's own thread, at the end, in one chunk
+    assert report.delivered == 2 * STAGE_GROUP
+    assert threads and set(threads) == {threading.current_thread().name}
+
+
+def test_a_crm_outage_during_the_overlap_keeps_every_fetched_message_staged() -> None:
+    # Given a backlog larger than a delivery chunk and a CRM that is down
+    total = OVERLAP_AT + STAGE_GROUP
+    rig = Rig(max_message_count=total)
+    rig.append(total)
+
+    rig.crm.fault = crm_outage
+    # When a poll runs, its first chunk's delivery failing while the rest is fetched
+    with pytest.raises(CrmUnavailable):
+        poll_instance(rig.ctx, "box")
+    # Then everything is staged, the cursor is past it, and nothing left the server
+    assert rig.store.count_entries("box") == {LedgerState.STAGED: total}
+    assert len(rig.box.messages) == total
+    # And once the CRM is back the next poll delivers them all, fetching nothing again
+    rig.crm.fault = None
+    report = poll_instance(rig.ctx, "box")
+    assert (report.listed, report.delivered) == (0, total)
+
+
+def test_a_fetch_failure_waits_for_the_delivery_in_flight_and_starts_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a backlog whose connection drops once a whole delivery chunk is staged
+    total = OVERLAP_AT + STAGE_GROUP
+    rig = Rig(max_message_count=total)
+    rig.append(total)
+    fetch = memprov.MemoryIncomingProvider._fetch
+
+    def dropping(self: memprov.MemoryIncomingProvider, ref: MessageRef) -> bytes:
+        if int(ref.key) == OVERLAP_AT + 1:
+            time.sleep(0.05)  # the chunk's delivery is under way
+            raise ProviderUnavailable("connection dropped")
+        return fetch(self, ref)
+
+    monkeypatch.setattr(memprov.MemoryIncomingProvider, "_fetch", dropping)
+    # When the poll fails
+    with pytest.raises(ProviderUnavailable):
+        poll_instance(rig.ctx, "box")
+    # Then the delivery started on the staged chunk finished before the poll returned
+    assert not [t for t in threading.enumerate() if t.name.startswith("deliver-box")]
+    assert rig.store.count_entries("box") == {LedgerState.DELIVERED: OVERLAP_AT}
+    # And the next poll post-processes those and delivers the rest
+    monkeypatch.setattr(memprov.MemoryIncomingProvider, "_fetch", fetch)
+    poll_instance(rig.ctx, "box")
+    assert rig.store.count_entries("box") == {LedgerState.DONE: total}
+    assert len(rig.crm.activities) == total

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -165,3 +166,85 @@ sys.exit(main(["leak"]))
     assert done.returncode == 0, done.stderr
     assert "hunter2" not in done.stderr
     assert json.loads(done.stderr)["message"] == "pw=1 password=***"
+
+
+# -- protocol libraries: records reduced to verbs and sizes -------------------------------------
+imaplib_log = logging.getLogger("imapclient.imaplib")
+
+#: What imaplib logs through imapclient at DEBUG when it fetches a message (from a real Dovecot).
+FETCHED = (
+    "untagged_responses[FETCH] 0 += [\"(b'1 (UID 1 BODY[] {61}', b'Subject: quarterly\\r\\n\\r\\n"
+    "CONFIDENTIAL PAYROLL 4111 1111 1111 1111\\r\\n')\"]"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "summary"),
+    [
+        ("> b'GKJF3 UID FETCH 1:3,7 (BODY.PEEK[])'", "> GKJF3 UID FETCH 1:3,7 BODY.PEEK"),
+        ("< b'* 1 FETCH (UID 1 RFC822.SIZE 243)'", "< * 1 FETCH UID 1 RFC822.SIZE 243"),
+        ("< b'* 1 FETCH (UID 1 BODY[] {243}'", "< * 1 FETCH UID 1 BODY {243}"),
+        ("> b'GKJF2 EXAMINE \"Sales/Inbox\"'", "> GKJF2 EXAMINE [32 chars, withheld]"),
+        (FETCHED, f"untagged_responses[FETCH] 0 [{len(FETCHED)} chars, withheld]"),
+        ("read literal size 243", "read [21 chars, withheld]"),
+    ],
+)
+def test_imaplib_traffic_is_reduced_to_protocol_words_and_sizes(
+    output: io.StringIO, line: str, summary: str
+) -> None:
+    imaplib_log.debug("%s", line)
+
+    assert output.getvalue().rstrip("\n").endswith(f"imapclient.imaplib: {summary}")
+
+
+def test_a_fetched_body_never_reaches_the_log_in_text_or_json(output: io.StringIO) -> None:
+    imaplib_log.debug(FETCHED)
+    configure_logging("DEBUG", "json", output)
+    imaplib_log.debug(FETCHED)
+
+    text = output.getvalue()
+    assert "PAYROLL" not in text and "4111" not in text and "quarterly" not in text
+    assert json.loads(text.splitlines()[-1])["logger"] == "imapclient.imaplib"
+
+
+@pytest.mark.parametrize(
+    ("logger", "line", "secret"),
+    [
+        ("imapclient.imaplib", "> b'A001 LOGIN alice \"%s\"'", "HUNTER2XYZ"),
+        ("imapclient.imaplib", "> b'A001 LOGIN %s'", "ALICE PASSWORD"),
+        ("imapclient.imaplib", "> b'A2 AUTHENTICATE XOAUTH2 %s'", "DXNLCJ1HBGLJZQ"),
+        ("imapclient.imapclient", "> b'A3 LOGIN alice %s'", "2024"),
+        ("poplib", "*cmd* 'PASS %s'", "HUNTER2XYZ"),
+        ("smtplib", "send: 'AUTH PLAIN %s\\r\\n'", "AGFSAWNLAGH1BNRLCJI="),
+        ("mail.log", "_handle_client readline: b'%s'", "Body line of a message"),
+    ],
+)
+def test_credentials_in_protocol_traffic_are_withheld_even_in_capitals(
+    output: io.StringIO, logger: str, line: str, secret: str
+) -> None:
+    logging.getLogger(logger).debug(line, secret)
+
+    assert secret not in output.getvalue()
+    assert "chars, withheld]" in output.getvalue()
+
+
+def test_a_base64_xoauth2_string_is_masked_wherever_it_is_logged(output: io.StringIO) -> None:
+    xoauth2 = "dXNlcj1hbGljZUBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB0b2sBAQ=="
+
+    log.info("server challenge after %s", xoauth2)
+
+    assert xoauth2 not in output.getvalue() and "after ***" in output.getvalue()
+
+
+def test_a_huge_protocol_record_is_summarised_from_its_first_characters_only(
+    output: io.StringIO,
+) -> None:
+    body = "X" * 5_000_000
+
+    started = time.perf_counter()
+    imaplib_log.debug("< b'%s'", body)
+    elapsed = time.perf_counter() - started
+
+    assert f"[{len(body) + 5} chars, withheld]" in output.getvalue()
+    assert "XXXXXXXX" not in output.getvalue()
+    assert elapsed < 0.5  # scanning 5 MB would take far longer than formatting it

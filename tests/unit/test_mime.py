@@ -1,4 +1,5 @@
-"""router.mime.parse_message on hand-made messages: fields, bodies, attachments, ids, refusals."""
+"""router.mail.parse.parse_message on hand-made messages: fields, bodies, attachments, ids,
+refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from router.errors import MessageUnusable, QuarantineError
-from router.mime import DEFAULT_MAX_SIZE, SYNTHETIC_ID_DOMAIN, parse_message
+from router.mail.parse import DEFAULT_MAX_SIZE, SYNTHETIC_ID_DOMAIN, parse_message
 from router.models import Address, Classification
 
 

@@ -1,18 +1,15 @@
-"""Charsets and encoded filenames of real messages from the shared corpus come out as the right
+"""Charsets and encoded filenames of real messages from the corpus come out as the right
 Unicode (ISO-2022-JP, KOI8-R, GB2312, windows-1251, windows-1252, and the odd aliases)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from router.mime import parse_message
-from router.mimetext import decode_bytes, iso2022jp_to_sjis
+from router.mail.parse import parse_message
+from router.mail.text import decode_bytes, iso2022jp_to_sjis
 from router.models import Activity, Address
 from tests.servers.common import require
-
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
+from tests.support.corpus import CORPUS
 
 
 def corpus(name: str) -> Activity:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 
 from router.errors import MessageUnusable
-from router.mime import DEFAULT_MAX_SIZE, parse_message
+from router.mail.parse import DEFAULT_MAX_SIZE, parse_message
 
 MiB = 1024 * 1024
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """The single-process scheduler (``email-router run``) with fakes: fast, same process.
 
-Most tests replace the cycle itself (``standalone.run_cycle``) with a recorder and drive the
+Most tests replace the cycle itself (``cycle.run_cycle``) with a recorder and drive the
 scheduler with a fake clock, one ``tick()`` at a time; the last ones run real cycles of the memory
 provider into a MemoryCrm through ``run()``.
 """
@@ -19,12 +19,16 @@ from pathlib import Path
 import pytest
 
 from router.config import ProviderConfiguration
+from router.configcheck import load_config
+from router.context import Context
+from router.crm.factory import MEMORY_CRMS
 from router.errors import ProviderAuthError, ProviderUnavailable
 from router.models import LedgerState
 from router.providers import memory as memprov
-from router.runtime import standalone
-from router.runtime.standalone import StandaloneRuntime, progress_line
-from router.service import MEMORY_CRMS, Context
+from router.runtime import cycle
+from router.runtime.periods import HOUSEKEEPING_PERIOD
+from router.runtime.schedule import Scheduler
+from router.runtime.summary import progress_line
 from router.state.memory import MemoryStore
 from tests.unit.test_incoming_cycle import make_message
 
@@ -103,19 +107,19 @@ class Recorder:
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     rec = Recorder()
-    monkeypatch.setattr(standalone, "run_cycle", rec)
+    monkeypatch.setattr(cycle, "run_cycle", rec)
     return rec
 
 
 @pytest.fixture
-def make_runtime(tmp_path: Path) -> Iterator[Callable[..., StandaloneRuntime]]:
-    made: list[StandaloneRuntime] = []
+def make_runtime(tmp_path: Path) -> Iterator[Callable[..., Scheduler]]:
+    made: list[Scheduler] = []
 
-    def make(xml: str, clock: Callable[[], float] = time.monotonic) -> StandaloneRuntime:
+    def make(xml: str, clock: Callable[[], float] = time.monotonic) -> Scheduler:
         path = tmp_path / "router.xml"
         path.write_text(xml)
-        config = standalone.load_config(path)
-        runtime = StandaloneRuntime(path, MemoryStore(), config, clock=clock, shutdown_grace=5)
+        config = load_config(path)
+        runtime = Scheduler(path, MemoryStore(), config, clock=clock, shutdown_grace=5)
         made.append(runtime)
         return runtime
 
@@ -124,13 +128,13 @@ def make_runtime(tmp_path: Path) -> Iterator[Callable[..., StandaloneRuntime]]:
         runtime.shutdown()
 
 
-def settle(runtime: StandaloneRuntime) -> None:
+def settle(runtime: Scheduler) -> None:
     """Wait until every cycle started so far has returned."""
     futures = [s.future for s in runtime.slots.values() if s.future is not None]
     wait(futures, timeout=10)
 
 
-def advance(runtime: StandaloneRuntime, clock: FakeClock, seconds: float, step: float) -> None:
+def advance(runtime: Scheduler, clock: FakeClock, seconds: float, step: float) -> None:
     for _ in range(round(seconds / step)):
         clock.now += step
         runtime.tick()
@@ -139,7 +143,7 @@ def advance(runtime: StandaloneRuntime, clock: FakeClock, seconds: float, step: 
 
 # -- scheduling -----------------------------------------------------------------------------------
 def test_each_instance_runs_at_its_own_polling_period(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     # Given a fast (1 s) and a slow (3 s) instance
     clock = FakeClock()
@@ -153,7 +157,7 @@ def test_each_instance_runs_at_its_own_polling_period(
 
 
 def test_disabled_instances_never_run(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     clock = FakeClock()
     rt = make_runtime(config_xml(instance_xml("on"), instance_xml("off", enabled=False)), clock)
@@ -164,7 +168,7 @@ def test_disabled_instances_never_run(
 
 
 def test_a_running_instance_is_not_started_again_until_its_cycle_returns(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     # Given an instance whose cycle blocks
     clock = FakeClock()
@@ -187,7 +191,7 @@ def test_a_running_instance_is_not_started_again_until_its_cycle_returns(
 
 
 def test_max_threads_bounds_how_many_instances_run_at_once(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     clock = FakeClock()
     gate = threading.Event()
@@ -206,12 +210,12 @@ def test_max_threads_bounds_how_many_instances_run_at_once(
 
 
 def test_real_time_run_never_overlaps_cycles_of_one_instance(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     # Cycles (0.15 s) longer than the polling period (0.1 s), three instances, real threads
     recorder.sleep = 0.15
     rt = make_runtime(config_xml(*(instance_xml(f"r{n}", period=100) for n in range(3))))
-    assert rt.run(duration=1.0, handle_signals=False) == 0
+    assert rt.run(duration=1.0) == 0
     assert all(recorder.calls[f"r{n}"] >= 3 for n in range(3))
     assert max(recorder.max_running.values()) == 1
     assert recorder.max_total > 1  # the instances did run side by side
@@ -219,7 +223,7 @@ def test_real_time_run_never_overlaps_cycles_of_one_instance(
 
 # -- errors ---------------------------------------------------------------------------------------
 def test_a_failing_instance_is_recorded_and_the_others_keep_running(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     clock = FakeClock()
     recorder.errors["bad"] = ProviderUnavailable("imap.example: connection refused")
@@ -236,7 +240,7 @@ def test_a_failing_instance_is_recorded_and_the_others_keep_running(
 
 def test_a_crash_in_a_cycle_is_logged_and_recorded(
     recorder: Recorder,
-    make_runtime: Callable[..., StandaloneRuntime],
+    make_runtime: Callable[..., Scheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
@@ -253,7 +257,7 @@ def test_a_crash_in_a_cycle_is_logged_and_recorded(
 
 def test_a_stop_error_pauses_the_instance_until_its_configuration_changes(
     recorder: Recorder,
-    make_runtime: Callable[..., StandaloneRuntime],
+    make_runtime: Callable[..., Scheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given an instance whose credentials are refused
@@ -280,7 +284,7 @@ def test_a_stop_error_pauses_the_instance_until_its_configuration_changes(
 
 
 def test_an_unchanged_configuration_keeps_a_paused_instance_paused(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     clock = FakeClock()
     recorder.errors["locked"] = ProviderAuthError("refused")
@@ -295,7 +299,7 @@ def test_an_unchanged_configuration_keeps_a_paused_instance_paused(
 
 # -- configuration reload -------------------------------------------------------------------------
 def test_reload_adds_and_removes_instances_without_a_restart(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     clock = FakeClock()
     rt = make_runtime(config_xml(instance_xml("old"), instance_xml("kept")), clock)
@@ -310,7 +314,7 @@ def test_reload_adds_and_removes_instances_without_a_restart(
 
 
 def test_an_instance_removed_while_running_finishes_and_is_not_started_again(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     clock = FakeClock()
     recorder.gate["going"] = threading.Event()
@@ -328,7 +332,7 @@ def test_an_instance_removed_while_running_finishes_and_is_not_started_again(
 
 def test_a_broken_configuration_file_keeps_the_running_one_and_says_where(
     recorder: Recorder,
-    make_runtime: Callable[..., StandaloneRuntime],
+    make_runtime: Callable[..., Scheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
@@ -346,7 +350,7 @@ def test_a_broken_configuration_file_keeps_the_running_one_and_says_where(
 
 # -- progress output ------------------------------------------------------------------------------
 def test_progress_line_lists_only_what_a_cycle_did() -> None:
-    from router.incoming import CycleReport
+    from router.report import CycleReport
 
     idle = CycleReport("box", listed=3, known=3, duration=0.1)
     busy = CycleReport("box", listed=2, staged=2, delivered=2, duration=0.25)
@@ -356,7 +360,7 @@ def test_progress_line_lists_only_what_a_cycle_did() -> None:
 
 # -- real cycles ----------------------------------------------------------------------------------
 def test_run_delivers_the_mail_of_every_instance_once(
-    make_runtime: Callable[..., StandaloneRuntime], caplog: pytest.LogCaptureFixture
+    make_runtime: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given two memory mailboxes with mail and a memory CRM
     tag = uuid.uuid4().hex[:8]
@@ -369,7 +373,7 @@ def test_run_delivers_the_mail_of_every_instance_once(
     rt = make_runtime(xml)
     # When the runtime runs for a second (about five polls per instance)
     with caplog.at_level(logging.INFO):
-        rt.run(duration=1.0, handle_signals=False)
+        rt.run(duration=1.0)
     # Then every message became exactly one activity, and each was post-processed
     crm = MEMORY_CRMS["crm"]
     assert len(crm.activities) == 5  # type: ignore[attr-defined]
@@ -395,7 +399,7 @@ def test_leases_left_by_a_dead_process_of_this_host_are_released_at_start() -> N
     import subprocess
     import sys
 
-    from router.runtime.standalone import release_dead_leases
+    from router.service import release_dead_leases
 
     # Given leases held by a process that exited, by this process, and by another host
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -417,7 +421,7 @@ def test_leases_left_by_a_dead_process_of_this_host_are_released_at_start() -> N
 
 def test_a_cycle_longer_than_max_thread_execution_is_reported_once(
     recorder: Recorder,
-    make_runtime: Callable[..., StandaloneRuntime],
+    make_runtime: Callable[..., Scheduler],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a cycle that hangs past MaxThreadExecution (5 s in config_xml)
@@ -444,7 +448,7 @@ class ClosableCrm:
 
 @pytest.mark.parametrize("crm_changes", [False, True])
 def test_reload_keeps_the_crm_adapter_of_an_unchanged_deployment_and_closes_a_changed_one(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime], crm_changes: bool
+    recorder: Recorder, make_runtime: Callable[..., Scheduler], crm_changes: bool
 ) -> None:
     # Given a runtime whose Deployment "crm" has an adapter (with its token and connections)
     clock = FakeClock()
@@ -460,13 +464,13 @@ def test_reload_keeps_the_crm_adapter_of_an_unchanged_deployment_and_closes_a_ch
     clock.now += 1.0
     rt.tick()
     # Then an unchanged Deployment keeps its adapter; a changed one gets a new one, the old closed
-    kept = rt.slots["box"].ctx._crms.get("crm") is adapter
+    kept = any(crm is adapter for crm in rt.slots["box"].ctx.crm_adapters())
     assert kept is not crm_changes
     assert adapter.closed is crm_changes
 
 
 def test_the_runtime_purges_finished_ledger_entries_every_housekeeping_period(
-    recorder: Recorder, make_runtime: Callable[..., StandaloneRuntime]
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
 ) -> None:
     # Given finished and in-flight ledger entries written long ago
     clock = FakeClock()
@@ -480,7 +484,7 @@ def test_the_runtime_purges_finished_ledger_entries_every_housekeeping_period(
     # When less than a housekeeping period passes, nothing is purged; after it, finished ones go
     rt.tick()
     settle(rt)
-    advance(rt, clock, standalone.HOUSEKEEPING_PERIOD - 10, 10)
+    advance(rt, clock, HOUSEKEEPING_PERIOD - 10, 10)
     assert store.get_entry("box", "old-done") is not None
     advance(rt, clock, 20, 10)
     assert store.get_entry("box", "old-done") is None

@@ -8,17 +8,20 @@ otherwise that one test is skipped - the structural checks with PyYAML always ru
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import re
 import shutil
 import string
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
-from router.config import load_config
+from router.configcheck import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -225,3 +228,128 @@ def test_compose_runs_the_simulator_through_the_email_router_command(
     command = compose["services"]["crm-sim"]["command"]
     assert command[:2] == ["email-router", "crm-sim"]
     build_parser().parse_args(command[1:])  # every option exists (exits 2 otherwise)
+
+
+# -- the "graph" profile: a second mail source through Microsoft Graph -----------------------------
+DEMO = ROOT / "deploy" / "demo"
+GRAPH_SECRETS = {**SECRETS, "GRAPH_CLIENT_SECRET": "graph-sim-secret"}
+
+
+def demo_script(name: str) -> Any:
+    """deploy/demo/<name>.py as a module (a script beside its siblings, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMO / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(DEMO))  # demo.py imports its sibling seed.py
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_graph_sim_and_its_seed_are_opt_in_behind_the_graph_profile(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["graph-sim"]["profiles"] == ["graph"]
+    assert services["graph-seed"]["profiles"] == ["graph"]
+    # nothing else needs the profile: a plain `docker compose up` starts no Graph service
+    assert [n for n, s in services.items() if "graph" in s.get("profiles", [])] == [
+        "graph-sim", "graph-seed",
+    ]  # fmt: skip
+
+
+def test_compose_graph_sim_runs_the_email_router_command_with_a_certificate_naming_it(
+    compose: dict[str, Any],
+) -> None:
+    from router.cli import build_parser
+
+    services = compose["services"]
+    command = services["graph-sim"]["command"]
+    assert command[:2] == ["email-router", "graph-sim"]
+    args = build_parser().parse_args(command[1:])  # every option exists (exits 2 otherwise)
+    # the certificate is the one the certs service issues, and it names graph-sim
+    certs = services["certs"]["command"]
+    names = [certs[i + 1] for i, part in enumerate(certs) if part == "--name"]
+    assert "graph-sim" in names
+    assert str(args.cert) == f"/certs/{names[0]}.pem" and str(args.key) == f"/certs/{names[0]}.key"
+    assert services["graph-sim"]["depends_on"]["certs"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert "ports" not in services["graph-sim"]  # its admin API is for loopback callers only
+
+
+def test_the_demo_certificate_is_valid_for_graph_sim_and_loopback(tmp_path: Path) -> None:
+    seed = demo_script("seed")
+    seed.make_certs(tmp_path, ["crm-sim", "graph-sim", "127.0.0.1", "localhost"])
+    cert = x509.load_pem_x509_certificate((tmp_path / "crm-sim.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"crm-sim", "graph-sim", "localhost"} <= set(san.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def test_compose_graph_seed_calls_the_admin_api_from_graph_sims_own_network(
+    compose: dict[str, Any],
+) -> None:
+    seed_service = compose["services"]["graph-seed"]
+    assert seed_service["network_mode"] == "service:graph-sim"  # so 127.0.0.1 is graph-sim
+    assert seed_service["restart"] == "no"
+    assert seed_service["depends_on"]["graph-sim"]["condition"] == "service_healthy"
+    command = seed_service["command"]
+    assert command[:2] == ["python", "/app/deploy/demo/seed.py"]
+    args = demo_script("seed").parse(command[2:])
+    assert args.command == "graph" and args.graph_url == "https://127.0.0.1:8443"
+    assert args.ca == "/certs/ca.pem"
+
+
+def test_every_router_service_mounts_the_config_demo_config_names(
+    compose: dict[str, Any],
+) -> None:
+    mounts = [
+        volume
+        for service in compose["services"].values()
+        for volume in service.get("volumes", [])
+        if str(volume).endswith(":/etc/email-router/router.xml:ro")
+    ]
+    assert len(mounts) >= 5  # beat, worker, flower, console, the simulators ...
+    assert set(mounts) == {
+        "./deploy/demo/${DEMO_CONFIG:-router.compose.xml}:/etc/email-router/router.xml:ro"
+    }
+    assert (DEMO / "router.compose.graph.xml").exists()
+
+
+def test_the_compose_graph_configuration_is_the_compose_one_plus_a_graph_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in GRAPH_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    plain = load_config(DEMO / "router.compose.xml")
+    graph = load_config(DEMO / "router.compose.graph.xml")
+    assert graph.providers[:-1] == plain.providers
+    assert graph.deployments == plain.deployments and graph.system == plain.system
+    instance = graph.providers[-1]
+    assert (instance.provider_class, instance.direction.value) == ("graph", "Incoming")
+    assert instance.email_server == "https://graph-sim:8443/v1.0"
+    params = {p.name: p.value for p in instance.parameters.items}
+    assert params["ca_bundle"] == "/certs/ca.pem"  # the CA the certs service wrote
+    assert params["authority"].startswith("https://graph-sim:8443/")
+    assert instance.email_password is not None and instance.email_password.env == (
+        "GRAPH_CLIENT_SECRET"
+    )
+
+
+def test_the_make_demo_graph_configuration_is_valid_once_filled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in GRAPH_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    demo = demo_script("demo")
+    path = demo.write_config(tmp_path, {
+        "STATE_DB": tmp_path / "state.db", "CRM_URL": "https://127.0.0.1:8443",
+        "CRM_CA": tmp_path / "ca.pem", "IMAP_PORT": 1143, "POP3_PORT": 1110, "SMTP_PORT": 2525,
+        "GRAPH_URL": "https://127.0.0.1:9443", "GRAPH_CA": tmp_path / "graph-ca.pem",
+        "GRAPH_MAILBOX": "orders@demo.example",
+    }, graph=True)  # fmt: skip
+    config = load_config(path)
+    assert [p.provider_class for p in config.providers] == ["imap", "pop3", "smtp", "graph"]
+    params = {p.name: p.value for p in config.providers[-1].parameters.items}
+    assert params["ca_bundle"] == str(tmp_path / "graph-ca.pem")
+    assert demo.SECRETS_ENV["GRAPH_CLIENT_SECRET"] == "graph-sim-secret"

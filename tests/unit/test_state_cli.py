@@ -94,7 +94,8 @@ def test_show_all_lists_configured_and_stored_instances_as_json(
 def test_show_of_an_unknown_instance_is_a_usage_error(
     setup: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    opts, _ = setup
+    opts, db = setup
+    SqliteStore(db).close()  # a store that exists (a missing one is an unreachable store)
     code, _, err = run(["state", "show", "nobody", *opts], capsys)
     assert code == 2 and "nobody" in err
 

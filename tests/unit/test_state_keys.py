@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from router.state.keys import Keys, escape, unescape
+from router.state.keys import (
+    OUTBOUND,
+    Keys,
+    delivery_lease,
+    email_id_of,
+    escape,
+    outbound_key,
+    seen_index,
+    sent_index,
+    unescape,
+)
 
 
 def test_keys_follow_the_documented_schema() -> None:
@@ -53,3 +63,12 @@ def test_raw_prefix_plus_ledger_key_is_the_raw_key() -> None:
 def test_scan_pattern_escapes_glob_characters_of_the_prefix() -> None:
     assert Keys("er").pattern() == "er:*"
     assert Keys("t[1]*?").pattern() == "t\\[1\\]\\*\\?:*"
+
+
+def test_names_inside_the_store_keep_the_format_stored_data_has() -> None:
+    # Entries, index keys and leases written by earlier versions must still be found.
+    assert OUTBOUND == "_outbound"
+    assert outbound_key("e1") == "out:e1" and email_id_of("out:e1") == "e1"
+    assert seen_index("imap:a", "<m@x>") == "in:imap:a:<m@x>"
+    assert sent_index("<m@x>") == "out:<m@x>"
+    assert delivery_lease("sales") == "sales#deliver"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
+from router.cli.status import InstanceStatus, ago, collect_status, format_table, to_json
 from router.config import Configuration, Deployment, ProviderConfiguration
+from router.ledger import OUTBOUND
 from router.models import Direction, LedgerState
-from router.outgoing import OUTBOUND
-from router.runtime.status import InstanceStatus, ago, collect_status, format_table, to_json
 from router.state.memory import MemoryStore
 from router.state.sqlite import SqliteStore
 

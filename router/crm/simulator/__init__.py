@@ -10,6 +10,7 @@ injection and admin pages under ``/_admin/``. See ``__main__.py`` for the option
 
 from __future__ import annotations
 
-from router.crm.simulator.app import Simulator, create_app
+from router.crm.simulator.app import create_app
+from router.crm.simulator.shared import Simulator
 
 __all__ = ["Simulator", "create_app"]

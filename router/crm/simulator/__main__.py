@@ -21,23 +21,16 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
-import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-from router.crm.simulator.app import Simulator, create_app
+from router import devserver
+from router.crm.simulator.app import create_app
 from router.crm.simulator.faults import Faults, FaultState
+from router.crm.simulator.shared import Simulator
 from router.crm.simulator.storage import Store
-from router.crm.simulator.tls import server_certificate
+from router.websurface import warn_if_exposed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,34 +88,22 @@ def run(args: argparse.Namespace) -> int:
         for n in args.admin_allow.split(",")
         if n.strip()
     )
-    cert, key = server_certificate(None if args.cert else args.ca_out, args.cert, args.key)
-    server = make_server(args.host, args.port, create_app(sim), cert, key, args.threads)
-    try:
-        server.prepare()  # binds the port (a free one for --port 0)
-        _announce(args, int(server.bind_addr[1]))
-        signal.signal(signal.SIGTERM, _interrupt)
-        if args.exit_with_parent:
-            _watch_parent()
-        server.serve()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        if not args.cert:
-            Path(cert).unlink(missing_ok=True)
-    return 0
-
-
-def make_server(host: str, port: int, app: Any, cert: str, key: str, threads: int) -> wsgi.Server:
-    """A cheroot WSGI server over TLS: HTTP/1.1 keep-alive, as Dataverse (werkzeug's server
-    closes every connection, which would leave the adapter's connection pool untested)."""
-    server = wsgi.Server((host, port), app, numthreads=threads, server_name="crm-sim", timeout=60)
-    server.ssl_adapter = BuiltinSSLAdapter(cert, key)
-    return server
+    # a test server: any client gets a token unless --client-id/--client-secret say otherwise
+    warn_if_exposed("crm-sim (a test server, not for production data)", args.host)
+    return devserver.serve(
+        "crm-sim",
+        create_app(sim),
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        tls=(args.cert, args.key, args.ca_out),
+        exit_with_parent=args.exit_with_parent,
+        announce=lambda port: _announce(args, port),
+    )
 
 
 def _announce(args: argparse.Namespace, port: int) -> None:
-    base = f"https://{_url_host(args.host)}:{port}"
+    base = f"https://{devserver.url_host(args.host)}:{port}"
     lines = [f"crm-sim listening on {base}",
              f"  CrmServerUrl {base} (organisation 'default'), or {base}/org/<name>",
              f"  Authority    {base}/{args.tenant}"]  # fmt: skip
@@ -130,26 +111,6 @@ def _announce(args: argparse.Namespace, port: int) -> None:
         lines.append(f"  CaBundle     {args.ca_out.resolve()}")
     lines.append(f"  admin page   {base}/_admin/")
     print("\n".join(lines), flush=True)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _watch_parent() -> None:
-    """Stop when our parent dies (a killed test run must not leave servers behind)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,10 @@
 * ``POST /_admin/reset`` - delete data and log (``{"org": NAME}`` for one organisation) and faults.
 * ``POST /_admin/seed`` - put N outbound emails straight into Pending Send (a test shortcut; the
   Dataverse way is ``POST emails`` then ``SendEmail(IssueSend=true)``).
+* ``POST /_admin/tables/<table>`` - add rows to ``mailboxes``, ``queues``, ``systemusers`` or
+  ``emailserverprofiles`` (``{"org": NAME, "rows": [{...}]}``; missing columns take defaults);
+  ``GET /_admin/tables/<table>?org=NAME`` lists them; ``PATCH|DELETE /_admin/tables/<table>/<id>``
+  (``{"org": NAME, <column>: value}``) changes or removes one, as an administrator would.
 * ``POST /_admin/revoke-tokens`` - forget every issued token (the next call gets a 401).
 * ``GET /_admin/stats`` - requests in flight and the peak since the last ``POST /_admin/stats``.
 """
@@ -17,12 +21,13 @@ from __future__ import annotations
 import html
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, abort, request
 
-if TYPE_CHECKING:
-    from router.crm.simulator.app import Simulator
+from router.crm.simulator.shared import Simulator
+from router.crm.simulator.tables import seed_rows
+from router.crm.simulator.wire import json_response
 
 STATUS_NAMES = {1: "Draft", 2: "Completed", 3: "Sent", 4: "Received", 5: "Canceled",
                 6: "Pending Send", 7: "Sending", 8: "Failed"}  # fmt: skip
@@ -30,8 +35,6 @@ STATUS_NAMES = {1: "Draft", 2: "Completed", 3: "Sent", 4: "Received", 5: "Cancel
 
 def admin_blueprint(sim: Simulator) -> Blueprint:
     """The ``/_admin`` routes bound to ``sim``."""
-    from router.crm.simulator.app import _json
-
     bp = Blueprint("admin", __name__, url_prefix="/_admin")
 
     @bp.before_request
@@ -45,12 +48,12 @@ def admin_blueprint(sim: Simulator) -> Blueprint:
     @bp.get("/emails")
     def emails() -> Response:
         rows = sim.store.list_emails(request.args.get("org"), int(request.args.get("limit", 1000)))
-        return _json(200, rows)
+        return json_response(200, rows)
 
     @bp.get("/requests")
     def requests_log() -> Response:
         since = int(request.args.get("since", 0))
-        return _json(200, sim.store.request_log(since, request.args.get("org")))
+        return json_response(200, sim.store.request_log(since, request.args.get("org")))
 
     @bp.route("/faults", methods=["GET", "POST"])
     def faults() -> Response:
@@ -58,8 +61,8 @@ def admin_blueprint(sim: Simulator) -> Blueprint:
             try:
                 sim.faults.update(request.get_json(force=True) or {})
             except (TypeError, ValueError) as exc:
-                return _json(400, {"error": str(exc)})
-        return _json(200, sim.faults.faults.as_dict())
+                return json_response(400, {"error": str(exc)})
+        return json_response(200, sim.faults.faults.as_dict())
 
     @bp.post("/reset")
     def reset() -> Response:
@@ -68,23 +71,25 @@ def admin_blueprint(sim: Simulator) -> Blueprint:
         if org is None:
             sim.faults.reset()
             sim.gate.reset_peak()
-        return _json(200, {"reset": org or "all"})
+        return json_response(200, {"reset": org or "all"})
 
     @bp.post("/seed")
     def seed() -> Response:
-        return _json(201, {"ids": seed_pending(sim, request.get_json(force=True) or {})})
+        return json_response(201, {"ids": seed_pending(sim, request.get_json(force=True) or {})})
+
+    _table_routes(bp, sim)
 
     @bp.post("/revoke-tokens")
     def revoke() -> Response:
         sim.revoke_all()
-        return _json(200, {"revoked": True})
+        return json_response(200, {"revoked": True})
 
     @bp.route("/stats", methods=["GET", "POST"])
     def stats() -> Response:
         if request.method == "POST":  # start a new measurement
             sim.gate.reset_peak()
-        return _json(200, {"in_flight": sim.gate.in_flight, "peak": sim.gate.peak,
-                           "tokens": len(sim.tokens)})  # fmt: skip
+        return json_response(200, {"in_flight": sim.gate.in_flight, "peak": sim.gate.peak,
+                                   "tokens": len(sim.tokens)})  # fmt: skip
 
     @bp.get("/")
     def page() -> Response:
@@ -92,6 +97,31 @@ def admin_blueprint(sim: Simulator) -> Blueprint:
                         content_type="text/html; charset=utf-8")  # fmt: skip
 
     return bp
+
+
+def _table_routes(bp: Blueprint, sim: Simulator) -> None:
+    @bp.post("/tables/<table>")
+    def add_rows(table: str) -> Response:
+        spec = request.get_json(force=True) or {}
+        try:
+            ids = seed_rows(sim.store, spec.get("org", "default"), table, list(spec["rows"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            return json_response(400, {"error": f"{type(exc).__name__}: {exc}"})
+        return json_response(201, {"ids": ids})
+
+    @bp.get("/tables/<table>")
+    def list_rows(table: str) -> Response:
+        return json_response(200, sim.store.records(request.args.get("org", "default"), table))
+
+    @bp.route("/tables/<table>/<record_id>", methods=["PATCH", "DELETE"])
+    def change_row(table: str, record_id: str) -> Response:
+        spec = dict(request.get_json(silent=True) or {})
+        org = str(spec.pop("org", request.args.get("org", "default")))
+        if request.method == "DELETE":
+            found = sim.store.delete_record(org, table, record_id.lower())
+        else:
+            found = sim.store.update_record(org, table, record_id.lower(), spec)
+        return json_response(200 if found else 404, {"found": found})
 
 
 def seed_pending(sim: Simulator, spec: dict[str, Any]) -> list[str]:

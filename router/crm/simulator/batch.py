@@ -13,16 +13,15 @@ import json
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from flask import request
 
 from router.crm.simulator.odata import CODE_SYNTAX, ODataError, bad_request
-from router.crm.simulator.webapi import Answer, route
-
-if TYPE_CHECKING:
-    from router.crm.simulator.app import WebApiRequest
+from router.crm.simulator.shared import Simulator
+from router.crm.simulator.webapi import Answer, Call, route
+from router.crm.simulator.wire import body_shape, logged_headers, parse_http_message, parse_json
 
 MAX_PARTS = 1000
 REASONS = {
@@ -30,6 +29,22 @@ REASONS = {
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 412: "Precondition Failed",
     429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
 }  # fmt: skip
+
+
+class BatchRequest(Protocol):
+    """The ``$batch`` request the parts belong to (the pipeline's ``WebApiRequest``).
+
+    A protocol, because the pipeline calls :func:`run_batch`: each part runs as the same
+    organisation and client, through the same handlers, as the batch itself.
+    """
+
+    sim: Simulator
+    org: str
+    client_id: str
+
+    def call(self, method: str, rest: str, args: dict[str, str], body: Any) -> Call:
+        """The handler call for one part (its method, path, query and JSON body)."""
+        ...
 
 
 def split_parts(content_type: str, raw: bytes) -> list[bytes]:
@@ -45,10 +60,8 @@ def split_parts(content_type: str, raw: bytes) -> list[bytes]:
     return [p.strip(b"\n") for p in body.split(delimiter)[1:]]
 
 
-def run_batch(req: WebApiRequest, parent_id: int) -> Answer:
+def run_batch(req: BatchRequest, parent_id: int) -> Answer:
     """Execute the parts of the current ``$batch`` request and build the multipart answer."""
-    from router.crm.simulator.app import parse_http_message
-
     parts = split_parts(request.headers.get("Content-Type", ""), request.get_data())
     if len(parts) > MAX_PARTS:
         raise bad_request(f"A batch may hold at most {MAX_PARTS} requests.")
@@ -56,7 +69,7 @@ def run_batch(req: WebApiRequest, parent_id: int) -> Answer:
     boundary = f"batchresponse_{uuid.uuid4()}"
     out: list[str] = []
     for index, part in enumerate(parts):
-        answer = _run_part(req, parent_id, index, part, parse_http_message)
+        answer = _run_part(req, parent_id, index, part)
         out.append(_encode_part(boundary, answer))
         if answer.status >= 400 and not keep_going:
             break
@@ -65,12 +78,12 @@ def run_batch(req: WebApiRequest, parent_id: int) -> Answer:
                               "OData-Version": "4.0"})  # fmt: skip
 
 
-def _run_part(req: WebApiRequest, parent_id: int, index: int, part: bytes, parse: Any) -> Answer:
+def _run_part(req: BatchRequest, parent_id: int, index: int, part: bytes) -> Answer:
     t_start = time.time()
     log: dict[str, Any] = {"org": req.org, "t_start": t_start, "parent": parent_id,
                            "client_id": req.client_id}  # fmt: skip
     try:
-        answer = _execute(req, part, log, parse)
+        answer = _execute(req, part, log)
     except ODataError as exc:
         answer = Answer(exc.status, exc.body())
     log.update(status=answer.status, t_end=time.time(), part=index)
@@ -78,9 +91,7 @@ def _run_part(req: WebApiRequest, parent_id: int, index: int, part: bytes, parse
     return answer
 
 
-def _execute(req: WebApiRequest, part: bytes, log: dict[str, Any], parse: Any) -> Answer:
-    from router.crm.simulator.app import body_shape, logged_headers, parse_json
-
+def _execute(req: BatchRequest, part: bytes, log: dict[str, Any]) -> Answer:
     outer_headers, _, inner = part.replace(b"\r\n", b"\n").partition(b"\n\n")
     outer = outer_headers.decode().lower()
     if "multipart/mixed" in outer:
@@ -88,7 +99,7 @@ def _execute(req: WebApiRequest, part: bytes, log: dict[str, Any], parse: Any) -
     if "application/http" not in outer or "content-transfer-encoding: binary" not in outer:
         raise bad_request("A batch part needs Content-Type: application/http and "
                           "Content-Transfer-Encoding: binary.", CODE_SYNTAX)  # fmt: skip
-    start, headers, body = parse(inner)
+    start, headers, body = parse_http_message(inner)
     method, target = start.split(" ")[0], start.split(" ")[1]
     url = urlsplit(target)
     parsed = parse_json(body)

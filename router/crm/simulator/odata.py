@@ -2,7 +2,8 @@
 
 Use :func:`check_params` for action bodies and function parameters and :func:`check_entity` for
 entity bodies (create / update / deep insert). Anything Dataverse would refuse - an unknown name,
-a missing required parameter, a string where a boolean belongs, a malformed id - raises
+a missing required parameter, a string where a boolean belongs, a malformed id, a value longer
+than its email column (``messageid`` 320, ``subject`` 800, ... :data:`COLUMN_LIMITS`) - raises
 :class:`ODataError`, which the app renders as Dataverse's error body
 ``{"error": {"code": "0x...", "message": "..."}}`` (400). Also the small OData query subset the
 adapter uses: ``$select``, ``$filter`` (``eq`` joined by ``and``) and ``$top``.
@@ -14,9 +15,12 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from router.mail.limits import COLUMN_LIMITS
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 BIND = re.compile(
@@ -32,6 +36,7 @@ CODE_THROTTLED = "0x80072322"
 CODE_UNAVAILABLE = "0x80040216"
 CODE_AUTH = "0x80072560"
 CODE_CLOSED = "0x80043e09"  # (unconfirmed) "cannot update a closed email"
+CODE_TOO_LONG = "0x80044331"  # (unconfirmed code) a value longer than its column
 
 
 class ODataError(Exception):
@@ -55,6 +60,8 @@ class Kind:
 
     edm: str
     max_length: int = 0
+    #: The email column a length-limited parameter is stored in (named in the error).
+    column: str = ""
 
     def check(self, name: str, value: Any) -> None:
         ok = _CHECKS[self.edm](value)
@@ -65,9 +72,10 @@ class Kind:
             )
         if self.max_length and isinstance(value, str) and len(value) > self.max_length:
             raise bad_request(
-                f"A validation error occurred. The length of the '{name}' attribute exceeded "
-                f"the maximum allowed length of '{self.max_length}'.",
-                CODE_INVALID_ARG,
+                f"A validation error occurred. The length of the '{self.column or name}' "
+                f"attribute of the 'email' entity exceeded the maximum allowed length of "
+                f"'{self.max_length}'.",
+                CODE_TOO_LONG,
             )
 
 
@@ -86,7 +94,7 @@ def _is_datetime(value: Any) -> bool:
     return True
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], bool]] = {
     "Edm.String": lambda v: v is None or isinstance(v, str),
     "Edm.Boolean": lambda v: isinstance(v, bool),
     "Edm.Int32": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -112,13 +120,21 @@ def _is_bind(value: str) -> bool:
 
 
 STR, BOOL, INT = Kind("Edm.String"), Kind("Edm.Boolean"), Kind("Edm.Int32")
+
+
+def column(name: str) -> Kind:
+    """A string email column limited to its Dataverse size (one table: router.mail.limits)."""
+    return Kind("Edm.String", COLUMN_LIMITS[name], name)
+
+
 DATE, BIN, BINDING = Kind("Edm.DateTimeOffset"), Kind("Edm.Binary"), Kind("Bind")
 ENTITY, COLLECTION = Kind("Entity"), Kind("Collection")
 
 #: Bound/unbound actions: parameter -> kind, and the required parameters.
 ACTIONS: dict[str, tuple[dict[str, Kind], frozenset[str]]] = {
     "DeliverIncomingEmail": (
-        {"MessageId": Kind("Edm.String", 320), "Subject": STR, "From": STR, "To": STR,
+        {"MessageId": column("messageid"), "Subject": column("subject"),
+         "From": column("sender"), "To": column("torecipients"),
          "Cc": STR, "Bcc": STR, "ReceivedOn": DATE, "SubmittedBy": STR, "Importance": STR,
          "Body": STR, "Attachments": COLLECTION, "ExtraProperties": ENTITY},
         frozenset({"MessageId", "Subject", "From", "To", "Cc", "Bcc", "ReceivedOn",
@@ -143,9 +159,10 @@ FUNCTIONS: dict[str, tuple[dict[str, Kind], frozenset[str]]] = {
 #: Writable columns per entity type (for create, update and deep insert).
 ENTITIES: dict[str, dict[str, Kind]] = {
     "email": {
-        "@odata.type": STR, "subject": Kind("Edm.String", 800), "description": STR,
-        "messageid": Kind("Edm.String", 320), "directioncode": BOOL, "sender": STR,
-        "torecipients": STR, "trackingtoken": STR, "deliveryattempts": INT, "prioritycode": INT,
+        "@odata.type": STR, "subject": column("subject"), "description": STR,
+        "messageid": column("messageid"), "directioncode": BOOL, "sender": column("sender"),
+        "torecipients": column("torecipients"), "trackingtoken": column("trackingtoken"),
+        "deliveryattempts": INT, "prioritycode": INT,
         "statecode": INT, "statuscode": INT, "ownerid@odata.bind": BINDING,
         "queueid@odata.bind": BINDING, "regardingobjectid_contact@odata.bind": BINDING,
         "regardingobjectid_account@odata.bind": BINDING, "email_activity_parties": COLLECTION,

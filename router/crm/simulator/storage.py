@@ -1,4 +1,5 @@
-"""SQLite storage of the Dataverse simulator: emails, parties, attachments, notes, request log.
+"""SQLite storage of the Dataverse simulator: emails, parties, attachments, notes, request log,
+and the directory tables (mailboxes, queues, systemusers, emailserverprofiles) as JSON records.
 
 Use :class:`Store` from the Flask app only. One connection is shared by the server's threads and
 every statement runs under one lock: the simulator is a test and demo server, so simple and
@@ -42,6 +43,10 @@ CREATE INDEX IF NOT EXISTS attachments_activity ON attachments (activityid);
 CREATE TABLE IF NOT EXISTS notes (
     org TEXT NOT NULL, annotationid TEXT PRIMARY KEY, activityid TEXT NOT NULL,
     subject TEXT, notetext TEXT, createdon REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    org TEXT NOT NULL, entity TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (org, entity, id)
 );
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT, t_start REAL, t_end REAL, method TEXT,
@@ -187,6 +192,57 @@ class Store:
             row["notes"] = [n["notetext"] for n in notes]
         return rows
 
+    # -- directory records (mailboxes, queues, systemusers, emailserverprofiles) ---------------
+    # Kept as one JSON object per row: the simulator filters them in Python (``tables.py``),
+    # and a table's columns are declared once there, not in a schema per table.
+
+    def put_records(self, org: str, entity: str, key: str, rows: list[dict[str, Any]]) -> None:
+        """Insert or replace ``rows`` (each carries its id under ``key``), keeping their order."""
+        with self.transaction() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+            for n, row in enumerate(rows, 1):
+                db.execute(
+                    "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?)",
+                    (org, entity, row[key], json.dumps(row), seq + n),
+                )
+
+    def records(self, org: str, entity: str) -> list[dict[str, Any]]:
+        """Every record of ``entity`` in ``org``, in insertion order."""
+        rows = self.query(
+            "SELECT data FROM records WHERE org=? AND entity=? ORDER BY seq", (org, entity)
+        )
+        return [json.loads(r["data"]) for r in rows]
+
+    def record(self, org: str, entity: str, record_id: str) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT data FROM records WHERE org=? AND entity=? AND id=?", (org, entity, record_id)
+        )
+        return json.loads(rows[0]["data"]) if rows else None
+
+    def update_record(self, org: str, entity: str, record_id: str, fields: dict[str, Any]) -> bool:
+        """Change some columns of one record; False when there is no such record."""
+        with self.transaction() as db:
+            found = db.execute(
+                "SELECT data FROM records WHERE org=? AND entity=? AND id=?",
+                (org, entity, record_id),
+            ).fetchone()
+            if found is None:
+                return False
+            row = {**json.loads(found["data"]), **fields}
+            db.execute(
+                "UPDATE records SET data=? WHERE org=? AND entity=? AND id=?",
+                (json.dumps(row), org, entity, record_id),
+            )
+        return True
+
+    def delete_record(self, org: str, entity: str, record_id: str) -> bool:
+        return (
+            self.execute(
+                "DELETE FROM records WHERE org=? AND entity=? AND id=?", (org, entity, record_id)
+            )
+            > 0
+        )
+
     # -- request log -------------------------------------------------------------------------
 
     def log_request(self, entry: dict[str, Any]) -> int:
@@ -213,7 +269,7 @@ class Store:
     def reset(self, org: str | None = None) -> None:
         """Delete everything (of one organisation, or all)."""
         with self._lock:
-            for table in ("emails", "parties", "attachments", "notes", "requests"):
+            for table in ("emails", "parties", "attachments", "notes", "requests", "records"):
                 if org is None:
                     self._db.execute(f"DELETE FROM {table}")
                 else:

@@ -4,7 +4,7 @@ Use :func:`route` with a :class:`Call` (organisation, method, path after ``/api/
 query arguments, JSON body) to get an :class:`Answer`. The Flask app (``app.py``) turns HTTP
 requests and ``$batch`` parts into calls, after authentication, headers and fault injection.
 
-Supported: ``WhoAmI``, ``CheckIncomingEmail``,
+Supported: ``WhoAmI``, ``CheckIncomingEmail`` (in :mod:`router.crm.simulator.checks`),
 ``emails/Microsoft.Dynamics.CRM.DeliverIncomingEmail``,
 ``BackgroundSendEmail``, ``emails(<id>)/Microsoft.Dynamics.CRM.SendEmail``,
 ``GetTrackingTokenEmail``, ``emails`` (create with parties, query by ``$filter``), ``emails(<id>)``
@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 from router.crm.simulator import fetchxml
 from router.crm.simulator.odata import (
@@ -31,7 +30,6 @@ from router.crm.simulator.odata import (
     CODE_INVALID_ARG,
     CODE_NOT_FOUND,
     CODE_SYNTAX,
-    FUNCTIONS,
     ODataError,
     bad_request,
     bound_id,
@@ -40,7 +38,6 @@ from router.crm.simulator.odata import (
     check_params,
     check_query_options,
     parse_filter,
-    parse_literal,
     parse_select,
 )
 from router.crm.simulator.storage import EMAIL_COLUMNS, Store
@@ -152,31 +149,6 @@ def who_am_i(store: Store, call: Call, _: re.Match[str]) -> Answer:
         "BusinessUnitId": str(uuid.uuid5(org, "bu")), "UserId": str(user),
         "OrganizationId": str(org),
     })  # fmt: skip
-
-
-@handles("GET", r"CheckIncomingEmail\((.*)\)")
-def check_incoming(store: Store, call: Call, match: re.Match[str]) -> Answer:
-    params = _function_params(match.group(1), call.args)
-    check_params("CheckIncomingEmail", params, FUNCTIONS)
-    duplicate = store.find_by_message_id(call.org, params["MessageId"] or "") is not None
-    return Answer(200, {
-        "@odata.context": _context(call, f"{NS}CheckIncomingEmailResponse"),
-        "ShouldDeliver": not duplicate, "ReasonCode": 0 if duplicate else 6,
-    })  # fmt: skip
-
-
-def _function_params(inner: str, args: dict[str, str]) -> dict[str, Any]:
-    """``MessageId=@p1,Subject=@p2`` with ``?@p1='x'`` -> {"MessageId": "x", ...}."""
-    params: dict[str, Any] = {}
-    check_query_options(args, ())
-    for item in filter(None, (p.strip() for p in unquote(inner).split(","))):
-        name, _, value = item.partition("=")
-        if value.startswith("@"):
-            if value not in args:
-                raise bad_request(f"The parameter alias '{value}' has no value.", CODE_SYNTAX)
-            value = args[value]
-        params[name.strip()] = parse_literal(value)
-    return params
 
 
 @handles("POST", r"emails/Microsoft\.Dynamics\.CRM\.DeliverIncomingEmail")
