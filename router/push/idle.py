@@ -11,6 +11,10 @@ Use :class:`IdleWatcher` (through :class:`~router.push.watchers.PushWatchers`) f
 * IDLEs, and on ``EXISTS`` / ``RECENT`` calls the trigger with the instance name;
 * ends and restarts IDLE every ``renew`` seconds (default 28 minutes: servers may drop a client
   idle for 30);
+* turns TCP keepalive on for the session, so a server that vanished without a FIN or RST (a NAT
+  or firewall that forgot the connection, a host that lost power) is noticed after about
+  ``keepalive_idle + keepalive_interval * keepalive_probes`` seconds (2 minutes by default)
+  instead of at the next renewal;
 * after a failure reconnects with exponential backoff and jitter, and then triggers one poll,
   since mail may have arrived while it was away.
 
@@ -26,6 +30,7 @@ import logging
 import random
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -51,6 +56,10 @@ class PushTiming:
     renew: float = 28 * 60.0
     backoff_min: float = 1.0
     backoff_max: float = 120.0
+    # well under the idle timeouts of NATs and firewalls (often 5 minutes and more)
+    keepalive_idle: int = 60
+    keepalive_interval: int = 15
+    keepalive_probes: int = 4
 
     def backoff(self, failures: int, rng: random.Random) -> float:
         """Delay before attempt ``failures + 1``: doubling from the minimum, capped, jittered."""
@@ -154,6 +163,7 @@ class IdleWatcher:
         try:
             if not client.has_capability("IDLE"):
                 return False
+            keep_alive(client.socket(), self.timing)
             self.stats.connects += 1
             if self.stats.connects == 1:
                 log.info("%s: IMAP IDLE on: new mail is polled at once", self.name)
@@ -220,6 +230,19 @@ def _peer_closed(sock: socket.socket) -> bool:
         return any(events & hangup for _fd, events in poller.poll(0))
     except (OSError, ValueError):  # a closed socket has no file descriptor any more
         return True
+
+
+def keep_alive(sock: socket.socket, timing: PushTiming) -> None:
+    """Have the kernel probe ``sock`` after ``timing.keepalive_idle`` seconds of silence.
+
+    A dead peer then fails the socket (ETIMEDOUT), which wakes ``idle_check`` with an error.
+    The three timers are Linux's; elsewhere the system's defaults (hours) apply.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if sys.platform == "linux":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, timing.keepalive_idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, timing.keepalive_interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, timing.keepalive_probes)
 
 
 def _close_quietly(client: IMAPClient) -> None:

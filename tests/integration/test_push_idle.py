@@ -8,9 +8,11 @@ under test is when the watcher asks for a poll.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +278,38 @@ def test_idle_over_implicit_tls_reports_new_mail(
     appended = time.monotonic()
     latency = recorder.wait_after(appended)
     assert latency is not None and latency < 1.0, (latency, push.stats())
+
+
+def keepalive_due_in(remote_port: int) -> float | None:
+    """Seconds until the kernel's keepalive probe on our connection to ``remote_port``.
+
+    Read from /proc/net/tcp (``tr`` 2 is the keepalive timer; ``tm->when`` is in clock ticks);
+    None when that connection runs no keepalive timer.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            remote, state, timer = fields[2], fields[3], fields[5]
+            if int(remote.rsplit(":", 1)[1], 16) == remote_port and state == "01":
+                kind, when = timer.split(":")
+                return int(when, 16) / os.sysconf("SC_CLK_TCK") if kind == "02" else None
+    raise AssertionError(f"no established connection to port {remote_port}")
+
+
+def test_an_idle_session_has_the_kernel_probe_a_silent_server(
+    dovecot: Dovecot,
+    dovecot_user: str,
+    dropping_proxy: Any,
+    recorder: Recorder,
+    watchers: list[PushWatchers],
+) -> None:
+    # Given a watcher idling through a port of its own (the proxy: nothing else connects there)
+    timing = PushTiming(renew=600.0, keepalive_idle=45, keepalive_interval=5, keepalive_probes=3)
+    cfg = dovecot.provider_config(dovecot_user, port=dropping_proxy.port)
+    push = start(watchers, recorder, pushed(cfg), timing=timing)
+    assert wait_for(lambda: idling(push), 10), push.stats()
+
+    # Then the kernel will probe the server after 45 s of silence, not the system's 2 hours: a
+    # server gone without FIN or RST fails the session within about a minute
+    due = keepalive_due_in(dropping_proxy.port)
+    assert due is not None and 30 < due <= 45, due
