@@ -5,6 +5,8 @@ Use :func:`create_app` with a :class:`Simulator`. Routes:
 * ``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``POST /{tenant}/oauth2/v2.0/token``
   - what MSAL needs for client credentials;
 * ``/v1.0/...`` - the Graph mail calls (:mod:`router.graph.simulator.graphapi`);
+* ``PUT /upload/{session}?authtoken=`` - the ``uploadUrl`` of an attachment upload session
+  (:mod:`router.graph.simulator.uploads`; its token is in the URL, as in Graph);
 * ``/admin/...`` - loopback clients only (no token): ``POST
   /admin/mailboxes/{m}/folders/{f}/messages`` (``{"mime": [base64, ...]}``), ``GET`` the same
   path (what the folder holds), ``GET /admin/sent[?sender=]``, ``GET
@@ -74,6 +76,16 @@ def create_app(sim: Simulator) -> Flask:
             base=request.host_url.rstrip("/"),
         )
         return _response(sim.api.call(call))
+
+    @app.put("/upload/<session>")
+    def upload(session: str) -> Response:
+        status, body = sim.api.uploads.put(
+            session,
+            request.args.get("authtoken", ""),
+            request.headers.get("Content-Range", ""),
+            request.get_data(),
+        )
+        return _json(status, body) if body is not None else Response(b"", status)
 
     return app
 

@@ -7,7 +7,10 @@ parts: ``latency_ms`` per HTTP round trip (a ``$batch`` is one) and ``op_latency
 Graph operation (a plain request, or each part of a ``$batch``: Graph's own work on it). ``$batch``
 (at most 20 parts) runs its parts through the same :meth:`GraphApi.call`, four at a time, as
 Graph does against one mailbox; a part answered 429 carries its own ``Retry-After``; a part
-whose body is not JSON (a message's ``$value``) comes back base64-encoded.
+whose body is not JSON (a message's ``$value``) comes back base64-encoded. Messages over 4 MB
+take Graph's draft path: ``POST messages`` (MIME) makes a draft in Drafts, files are attached
+by ``POST .../attachments`` (under 3 MB) or an upload session (:mod:`uploads`), and ``POST
+.../send`` sends the draft with its files and keeps it in Sent Items.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from router.graph.simulator.faults import Traffic
 from router.graph.simulator.identity import Identity
 from router.graph.simulator.mailstore import SIZE_PROPERTY, MailStore, NotFound, SyncStateGone
+from router.graph.simulator.uploads import MAX_SESSION_FILE, MIN_SESSION_FILE, Uploads
 
 MAX_BATCH = 20
 MAX_SEND_BYTES = 4 * 1024 * 1024
@@ -82,7 +86,16 @@ class GraphApi:
             ("DELETE", re.compile(r"users/([^/]+)/messages/([^/]+)"), self._delete),
             ("POST", re.compile(r"users/([^/]+)/messages/([^/]+)/move"), self._move),
             ("POST", re.compile(r"users/([^/]+)/sendMail"), self._send),
+            ("POST", re.compile(r"users/([^/]+)/messages"), self._create_draft),
+            ("POST", re.compile(r"users/([^/]+)/messages/([^/]+)/attachments"), self._attach),
+            (
+                "POST",
+                re.compile(r"users/([^/]+)/messages/([^/]+)/attachments/createUploadSession"),
+                self._upload_session,
+            ),
+            ("POST", re.compile(r"users/([^/]+)/messages/([^/]+)/send"), self._send_draft),
         ]
+        self.uploads = Uploads(store.attach)
 
     # -- the pipeline --------------------------------------------------------------------------
 
@@ -207,14 +220,9 @@ class GraphApi:
     # -- sending -------------------------------------------------------------------------------
 
     def _send(self, call: Call, mailbox: str, match: re.Match[str]) -> Answer:
-        if not call.headers.get("content-type", "").startswith("text/plain"):
-            return error(400, "ErrorInvalidRequest", "MIME must be sent as text/plain base64.")
-        if len(call.body) > MAX_SEND_BYTES:
-            return error(413, "ErrorMessageSizeExceeded", "The message exceeds 4 MB.")
-        try:
-            mime = base64.b64decode(call.body, validate=False)
-        except (binascii.Error, ValueError):
-            return error(400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string.")
+        mime = _mime_of(call)
+        if isinstance(mime, Answer):
+            return mime
         problem = self._send_problem(mailbox, mime)
         if problem is not None:
             return problem
@@ -234,6 +242,58 @@ class GraphApi:
                          "submit this request does not have the right to send mail on behalf "
                          "of the specified sending account.")  # fmt: skip
         return None
+
+    # -- drafts: the path for messages over 4 MB ------------------------------------------------
+
+    def _create_draft(self, call: Call, mailbox: str, match: re.Match[str]) -> Answer:
+        mime = _mime_of(call)
+        if isinstance(mime, Answer):
+            return mime
+        draft = self.store.add(mailbox, "drafts", mime, is_read=True)
+        return Answer(201, self.store.message(mailbox, draft).row(None))
+
+    def _attach(self, call: Call, mailbox: str, match: re.Match[str]) -> Answer:
+        body = call.json if isinstance(call.json, dict) else {}
+        self.store.message(mailbox, match.group(2))  # 404 for an unknown draft
+        if body.get("@odata.type") != "#microsoft.graph.fileAttachment":
+            return error(400, "ErrorInvalidRequest", "Only file attachments are supported.")
+        try:
+            data = base64.b64decode(str(body.get("contentBytes", "")), validate=True)
+        except (binascii.Error, ValueError):
+            return error(400, "ErrorInvalidRequest", "contentBytes is not base64.")
+        if len(data) >= MIN_SESSION_FILE:
+            return error(413, "ErrorRequestEntityTooLarge", "Use an upload session from 3 MB.")
+        name, kind = str(body.get("name") or "attachment"), _content_type(body)
+        self.store.attach(mailbox, match.group(2), name, kind, data)
+        return Answer(201, {"name": name, "contentType": kind, "size": len(data)})
+
+    def _upload_session(self, call: Call, mailbox: str, match: re.Match[str]) -> Answer:
+        body = call.json if isinstance(call.json, dict) else {}
+        found = body.get("AttachmentItem")
+        item: dict[str, Any] = found if isinstance(found, dict) else {}
+        draft = self.store.message(mailbox, match.group(2)).id
+        size = item["size"] if isinstance(item.get("size"), int) else -1
+        if item.get("attachmentType") != "file" or not item.get("name"):
+            return error(400, "ErrorInvalidRequest", "AttachmentItem needs attachmentType file "
+                         "and a name.")  # fmt: skip
+        if not MIN_SESSION_FILE <= size <= MAX_SESSION_FILE:
+            return error(400, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+                         "An upload session takes a file of 3 MB to 150 MB.")  # fmt: skip
+        sid, token = self.uploads.open(mailbox, draft, str(item["name"]), _content_type(item), size)
+        return Answer(201, {"uploadUrl": f"{call.base}/upload/{sid}?authtoken={token}",
+                            "nextExpectedRanges": ["0-"]})  # fmt: skip
+
+    def _send_draft(self, call: Call, mailbox: str, match: re.Match[str]) -> Answer:
+        draft = self.store.message(mailbox, match.group(2))
+        if draft.folder_id != self.store.folder(mailbox, "drafts").id:
+            return error(400, "ErrorInvalidRequest", "Only a draft can be sent.")
+        mime = self.store.draft_mime(mailbox, draft.id)
+        problem = self._send_problem(mailbox, mime)
+        if problem is not None:
+            return problem
+        self.store.forget(mailbox, draft.id)
+        self.store.record_sent(mailbox, mime, True)  # a sent draft always lands in Sent Items
+        return Answer(202)
 
     # -- $batch --------------------------------------------------------------------------------
 
@@ -272,6 +332,23 @@ class GraphApi:
         elif answer.json is not None:
             out["body"] = answer.json
         return out
+
+
+def _mime_of(call: Call) -> bytes | Answer:
+    """The MIME of a sendMail or draft request (text/plain base64, at most 4 MB), or the error."""
+    if not call.headers.get("content-type", "").startswith("text/plain"):
+        return error(400, "ErrorInvalidRequest", "MIME must be sent as text/plain base64.")
+    if len(call.body) > MAX_SEND_BYTES:
+        return error(413, "ErrorMessageSizeExceeded", "The message exceeds 4 MB.")
+    try:
+        return base64.b64decode(call.body, validate=False)
+    except (binascii.Error, ValueError):
+        return error(400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string.")
+
+
+def _content_type(item: dict[str, Any]) -> str:
+    kind = str(item.get("contentType") or "")
+    return kind if re.fullmatch(r"[\w.+-]+/[\w.+-]+", kind) else "application/octet-stream"
 
 
 def _sleep_ms(delay: float) -> None:

@@ -12,6 +12,7 @@ next use answers 410 Gone (``SyncStateNotFound``), as an expired Exchange sync s
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import email.policy
 import itertools
@@ -26,6 +27,7 @@ WELL_KNOWN = {
     "archive": "Archive",
     "deleteditems": "Deleted Items",
     "sentitems": "Sent Items",
+    "drafts": "Drafts",
 }
 
 
@@ -53,6 +55,8 @@ class Message:
     received: str
     is_read: bool = False
     seq: int = 0
+    #: a draft's file attachments, (name, content type, bytes), added to the MIME on send
+    files: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def row(self, select: list[str] | None) -> dict[str, Any]:
         full = {
@@ -327,6 +331,35 @@ class MailStore:
         if save:
             self.add(sender, "sentitems", mime, is_read=True)
         return entry
+
+    def attach(
+        self, address: str, draft_id: str, name: str, content_type: str, data: bytes
+    ) -> None:
+        """Add a file attachment to a message (a draft)."""
+        with self._lock:
+            self.message(address, draft_id).files.append((name, content_type, data))
+
+    def draft_mime(self, address: str, draft_id: str) -> bytes:
+        """The MIME a draft is sent as: its own, with its attachments added."""
+        with self._lock:
+            message = self.message(address, draft_id)
+            mime, files = message.mime, list(message.files)
+        if not files:
+            return mime
+        parsed = email.parser.BytesParser(policy=email.policy.SMTP).parsebytes(mime)
+        assert isinstance(parsed, email.message.EmailMessage)
+        for name, content_type, data in files:
+            maintype, _, subtype = content_type.partition("/")
+            parsed.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+        return parsed.as_bytes()
+
+    def forget(self, address: str, message_id: str) -> None:
+        """Remove a message for good (a sent draft: Graph keeps the Sent Items copy only)."""
+        box = self.mailbox(address)
+        with self._lock:
+            message = self.message(address, message_id)
+            del box.messages[message_id]
+            box.folders[message.folder_id].removed.append((box.next_seq(), message_id))
 
     def sent(self, sender: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
