@@ -19,8 +19,12 @@ Features:
   is retried later (:class:`~router.errors.ProviderUnavailable`, the batch stops); any other 4xx
   (400 invalid recipients or MIME, 403 ``ErrorSendAsDenied``, 413 too large): Failed with
   Graph's error code as the reason (:class:`~router.errors.MessageRejected`);
-* a message over Graph's 4 MB sendMail limit (base64) is refused before anything is sent
-  (upload sessions for larger messages are not implemented);
+* a message over Graph's 4 MB sendMail limit (base64) goes through a draft instead
+  (:mod:`router.providers.graph_drafts`): the draft is created from the MIME without its
+  attachments, the files are attached (upload sessions above 3 MB, up to 150 MB each), and the
+  draft's ``send`` is the commit point, with the same outcomes as ``sendMail``. This path needs
+  ``Mail.ReadWrite`` as well, and Graph keeps such a message in Sent Items whatever
+  ``save_to_sent_items`` says;
 * tokens (app-only client credentials, scope ``https://graph.microsoft.com/.default``) are
   shared by every cycle of the process and renewed before they expire
   (:data:`router.providers.credentials.SOURCES`); the 4-requests-per-mailbox limit and
@@ -28,7 +32,7 @@ Features:
 
 Connection: ``<EmailServer>`` the Graph base URL (default ``https://graph.microsoft.com/v1.0``),
 ``<EmailUser>`` the mailbox that sends, ``<EmailPassword>`` the app's client secret
-(application permission ``Mail.Send``).
+(application permission ``Mail.Send``; ``Mail.ReadWrite`` too for messages over 4 MB).
 
 Options (``<Parameters>``): ``tenant_id``, ``client_id``, ``authority``, ``ca_bundle``,
 ``timeout`` (see :mod:`router.graph.connection`); ``save_to_sent_items`` (default true: Graph's
@@ -71,9 +75,8 @@ from router.oauth import GRAPH_SCOPE, TokenSource, describe, origin_of
 from router.providers.base import AccessStep, OutgoingProvider, RetryBackoff, SubmitResult
 from router.providers.credentials import SOURCES
 from router.providers.graph_access import graph_steps
+from router.providers.graph_drafts import MAX_SEND_BYTES, DraftSender
 
-#: Graph's limit for a MIME sendMail request body (the base64 text).
-MAX_SEND_BYTES = 4 * 1024 * 1024
 #: Answers that mean Graph did not take the message: wait for Retry-After and send again.
 NOT_TAKEN = frozenset({429, 503})
 #: The text of an email whose fate is unknown (the CRM note and the ledger reason).
@@ -177,21 +180,40 @@ class GraphOutgoingProvider(OutgoingProvider):
     def _submit(self, email: OutboundEmail, message: bytes, envelope_from: str) -> SubmitResult:
         """POST the message to ``sendMail`` once; see the module docstring for the outcomes."""
         rcpts = tuple(dict.fromkeys(a.email for a in (*email.to, *email.cc, *email.bcc)))
-        body = base64.b64encode(self._with_bcc(message, email.bcc))
-        if len(body) > MAX_SEND_BYTES:
-            raise MessageRejected(
-                f"{self.name}: not sent: the message is {len(body) / 1e6:.1f} MB as base64, "
-                "over Graph's 4 MB sendMail limit; send smaller attachments"
-            )
         result = SubmitResult(rcpts, {})
+        wire = self._with_bcc(message, email.bcc)
+        body = base64.b64encode(wire)
+        if len(body) > MAX_SEND_BYTES:
+            self._submit_draft(wire, result)
+            return result
+        url = self.client.url(f"users/{quote(self.mailbox, safe='@')}/sendMail")
+        params = None if self.options.save_to_sent_items else {"saveToSentItems": "false"}
         self.commit(result)
-        try:
-            response = self._send_mail(body)
-        except OutcomeUnknown as exc:
-            raise MessageRejected(f"{self.name}: {UNKNOWN.format(why=exc)}") from None
-        self._judge(response)
+        self._judge(self._hand_over(url, body, params))
         self.handed_over()
         return result
+
+    def _submit_draft(self, message: bytes, result: SubmitResult) -> None:
+        """A message over 4 MB: build its draft, then its ``send`` is the commit point."""
+        drafts = DraftSender(self.client, self.mailbox, self.name)
+        draft = drafts.prepare(message)
+        self.commit(result)
+        try:
+            response = self._hand_over(drafts.send_url(draft), b"", None)
+        except ProviderUnavailable:  # certainly not sent: no draft may stay behind
+            drafts.discard(draft)
+            raise
+        if 300 <= response.status_code < 500:  # refused, so not sent either
+            drafts.discard(draft)
+        self._judge(response)
+        self.handed_over()
+
+    def _hand_over(self, url: str, body: bytes, params: dict[str, str] | None) -> requests.Response:
+        """The POST after the commit point; an answer that leaves the outcome open is Failed."""
+        try:
+            return self._send_mail(url, body, params)
+        except OutcomeUnknown as exc:
+            raise MessageRejected(f"{self.name}: {UNKNOWN.format(why=exc)}") from None
 
     def _with_bcc(self, message: bytes, bcc: tuple[Address, ...]) -> bytes:
         """``message`` with a ``Bcc:`` header naming ``bcc`` (Graph reads recipients from the
@@ -209,13 +231,11 @@ class GraphOutgoingProvider(OutgoingProvider):
         header = b"Bcc: " + (b"," + eol + b" ").join(a.encode("utf-8") for a in wire)
         return message[: end.start()] + eol + header + message[end.start() :]
 
-    def _send_mail(self, body: bytes) -> requests.Response:
-        """The sendMail exchange: sent again only after answers that mean "not taken"."""
+    def _send_mail(self, url: str, body: bytes, params: dict[str, str] | None) -> requests.Response:
+        """The sending POST: sent again only after answers that mean "not taken"."""
         client = self.client
-        url = client.url(f"users/{quote(self.mailbox, safe='@')}/sendMail")
         gate = client.gate(self.mailbox)
         headers = {"Content-Type": "text/plain", "client-request-id": str(uuid.uuid4())}
-        params = None if self.options.save_to_sent_items else {"saveToSentItems": "false"}
         refreshed = False
         attempts = client.throttling.max_attempts
         for attempt in range(1, attempts + 1):
@@ -229,7 +249,7 @@ class GraphOutgoingProvider(OutgoingProvider):
                 self._wait_out(gate, response, attempt)
             else:
                 return response
-        raise ProviderUnavailable(f"{self.name}: sendMail: still throttled after {attempts} tries")
+        raise ProviderUnavailable(f"{self.name}: not sent: still throttled after {attempts} tries")
 
     def _token(self) -> str:
         """The bearer token; a failure here means nothing was sent (retry the email later)."""
@@ -262,7 +282,7 @@ class GraphOutgoingProvider(OutgoingProvider):
         except requests.RequestException as exc:
             if _never_sent(exc):
                 raise ProviderUnavailable(
-                    f"{self.name}: not sent: sendMail on {origin_of(url)}: {describe(exc)}"
+                    f"{self.name}: not sent: POST to {origin_of(url)}: {describe(exc)}"
                 ) from None
             raise OutcomeUnknown(describe(exc)) from None
         finally:
@@ -287,7 +307,7 @@ class GraphOutgoingProvider(OutgoingProvider):
         reason = f"HTTP {status} {error_code(response)}: {_graph_message(response)}".strip()
         if status in NOT_TAKEN:
             retry = retry_after_seconds(response.headers.get("Retry-After"))
-            raise ProviderUnavailable(f"{self.name}: sendMail: {reason}", retry_after=retry)
+            raise ProviderUnavailable(f"{self.name}: not sent: {reason}", retry_after=retry)
         if status >= 500:
             raise MessageRejected(f"{self.name}: {UNKNOWN.format(why=reason)}")
         if status in (401, 403, 404) and error_code(response) != "ErrorSendAsDenied":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
+from email import message_from_bytes
 from typing import Any
 
 import pytest
@@ -28,10 +29,11 @@ from router.errors import (
 )
 from router.graph.client import GraphClient
 from router.mail.compose import compose_message
-from router.models import Address, Direction, OutboundEmail
+from router.models import Address, Attachment, Direction, OutboundEmail
 from router.oauth import TokenSource
 from router.providers.base import SubmitResult
 from router.providers.graph_access import graph_steps
+from router.providers.graph_drafts import UPLOAD_CHUNK, split_attachments
 from router.providers.graph_outgoing import MAX_SEND_BYTES, GraphOutgoingProvider
 from router.providers.registry import resolve
 
@@ -269,7 +271,9 @@ def test_a_refused_connection_means_not_sent_and_retry_later(events: list[str]) 
     assert len(script.calls) == 1 and events == ["commit"]
 
 
-def test_a_message_over_4_mb_is_refused_before_anything_is_sent(events: list[str]) -> None:
+def test_a_message_whose_body_alone_is_over_4_mb_is_refused_before_anything_is_sent(
+    events: list[str],
+) -> None:
     big = replace(EMAIL, body_html="<p>" + "x" * MAX_SEND_BYTES)
     script, outcome = send(events=events, email=big)
     assert isinstance(outcome, MessageRejected) and "4 MB" in str(outcome)
@@ -349,3 +353,114 @@ def test_an_unset_secret_variable_stops_the_instance_without_a_traceback(
     cfg = config().model_copy(update={"email_password": Secret(env="NO_SUCH_GRAPH_SECRET")})
     with pytest.raises(ProviderAuthError, match="cannot read the client secret: KeyError"):
         GraphOutgoingProvider(cfg).open()
+
+
+# -- over 4 MB: a draft, its attachments, then send ------------------------------------------
+
+BIG = bytes(range(256)) * (5 * 1024 * 1024 // 256 + 7)  # 5 MB and a bit: an upload session
+SMALL = b"%PDF-1.4 small" * 1000  # one POST
+LARGE_EMAIL = replace(
+    EMAIL,
+    attachments=(
+        Attachment("plan.bin", "application/octet-stream", BIG),
+        Attachment("angebot.pdf", "application/pdf", SMALL),
+    ),
+)
+UPLOAD_URL = "https://upload.example.test/s/1?authtoken=upload-secret"
+
+
+def draft_answers(*, send: Any = 202) -> list[Any]:
+    """Graph's answers to the draft path of LARGE_EMAIL, ending with ``send``'s."""
+    ranges = -(-len(BIG) // UPLOAD_CHUNK)
+    return [
+        (201, {}, {"id": "draft-1"}),
+        (201, {}, {"uploadUrl": UPLOAD_URL}),
+        *[(200, {}, {"nextExpectedRanges": ["x-"]})] * (ranges - 1),
+        (201, {}, None),
+        (201, {}, {"id": "att-2"}),
+        send,
+    ]
+
+
+def test_a_message_over_4_mb_is_sent_as_a_draft_with_its_files_attached_before_the_commit(
+    events: list[str],
+) -> None:
+    script, outcome = send(*draft_answers(), events=events, email=LARGE_EMAIL)
+
+    assert isinstance(outcome, SubmitResult), outcome
+    base = f"https://graph.example.test/v1.0/users/{MAILBOX}/messages"
+    assert [(c["method"], c["url"]) for c in script.calls] == [
+        ("POST", base),
+        ("POST", f"{base}/draft-1/attachments/createUploadSession"),
+        *[("PUT", UPLOAD_URL)] * (len(script.calls) - 4),
+        ("POST", f"{base}/draft-1/attachments"),
+        ("POST", f"{base}/draft-1/send"),
+    ]
+    # the draft is the composed message without its files, Bcc named for Graph
+    draft = message_from_bytes(posted_mime(script.calls[0]))
+    assert draft["Message-ID"] == compose_message(LARGE_EMAIL).message_id
+    assert "hidden@example.net" in draft["Bcc"]
+    assert [p.get_filename() for p in draft.walk() if p.get_filename()] == []
+    assert len(script.calls[0]["data"]) < MAX_SEND_BYTES
+    # the big file went up in ordered ranges under 4 MB, without the bearer token
+    puts = [c for c in script.calls if c["method"] == "PUT"]
+    assert b"".join(c["data"] for c in puts) == BIG
+    assert all(len(c["data"]) <= 4 * 1024 * 1024 for c in puts)
+    assert puts[0]["headers"]["Content-Range"] == f"bytes 0-{UPLOAD_CHUNK - 1}/{len(BIG)}"
+    assert all("Authorization" not in c["headers"] for c in puts)
+    session = script.calls[1]["json"]["AttachmentItem"]
+    assert (session["name"], session["size"]) == ("plan.bin", len(BIG))
+    small = script.calls[-2]["json"]
+    assert (small["name"], base64.b64decode(small["contentBytes"])) == ("angebot.pdf", SMALL)
+    # commit right before send, handed over after its 202
+    assert events == ["commit", "handed over"]
+
+
+def test_a_failed_upload_sends_nothing_and_deletes_the_draft(events: list[str]) -> None:
+    answers = draft_answers()
+    answers[2] = graph_error(500, "InternalServerError")
+    answers[3:] = [204]  # the DELETE of the draft
+    script, outcome = send(*answers, events=events, email=LARGE_EMAIL)
+
+    assert isinstance(outcome, ProviderUnavailable) and "not sent" in str(outcome)
+    assert events == []  # never committed: the email is retried later
+    assert (script.calls[-1]["method"], script.calls[-1]["url"]) == (
+        "DELETE",
+        f"https://graph.example.test/v1.0/users/{MAILBOX}/messages/draft-1",
+    )
+    assert "upload-secret" not in str(outcome)
+
+
+def test_a_draft_refused_at_send_is_failed_and_deleted(events: list[str]) -> None:
+    refused = graph_error(400, "ErrorInvalidRecipients", "bad recipient")
+    script, outcome = send(*draft_answers(send=refused), 204, events=events, email=LARGE_EMAIL)
+
+    assert isinstance(outcome, MessageRejected) and "ErrorInvalidRecipients" in str(outcome)
+    assert script.calls[-1]["method"] == "DELETE"
+    assert events == ["commit"]
+
+
+def test_a_draft_send_without_an_answer_is_ambiguous_and_the_draft_is_left(
+    events: list[str],
+) -> None:
+    timeout = requests.exceptions.ReadTimeout("Read timed out")
+    script, outcome = send(*draft_answers(send=timeout), events=events, email=LARGE_EMAIL)
+
+    assert isinstance(outcome, MessageRejected) and "may or may not" in str(outcome)
+    assert script.calls[-1]["url"].endswith("/draft-1/send")  # no DELETE: it may have gone
+    assert events == ["commit"]
+
+
+def test_split_attachments_keeps_the_body_and_headers_and_returns_the_files_exactly() -> None:
+    composed = compose_message(LARGE_EMAIL).raw
+    rest, files = split_attachments(composed)
+
+    assert [(f.name, f.content_type, f.data) for f in files] == [
+        ("plan.bin", "application/octet-stream", BIG),
+        ("angebot.pdf", "application/pdf", SMALL),
+    ]
+    left, original = message_from_bytes(rest), message_from_bytes(composed)
+    assert left["Subject"] == original["Subject"] and left["To"] == original["To"]
+    assert "Sehr geehrte Frau Muster" in rest.decode()
+    plain = compose_message(EMAIL).raw
+    assert split_attachments(plain) == (plain, [])  # nothing to take out: untouched
