@@ -235,7 +235,9 @@ class GraphOutgoingProvider(OutgoingProvider):
         """The sending POST: sent again only after answers that mean "not taken"."""
         client = self.client
         gate = client.gate(self.mailbox)
-        headers = {"Content-Type": "text/plain", "client-request-id": str(uuid.uuid4())}
+        headers = {"client-request-id": str(uuid.uuid4())}
+        if body:  # MIME as base64 text; a draft's send has no body
+            headers["Content-Type"] = "text/plain"
         refreshed = False
         attempts = client.throttling.max_attempts
         for attempt in range(1, attempts + 1):

@@ -412,6 +412,7 @@ def test_a_message_over_4_mb_is_sent_as_a_draft_with_its_files_attached_before_t
     assert (session["name"], session["size"]) == ("plan.bin", len(BIG))
     small = script.calls[-2]["json"]
     assert (small["name"], base64.b64decode(small["contentBytes"])) == ("angebot.pdf", SMALL)
+    assert (script.calls[-1]["data"], "Content-Type" in script.calls[-1]["headers"]) == (b"", False)
     # commit right before send, handed over after its 202
     assert events == ["commit", "handed over"]
 
