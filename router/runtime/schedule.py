@@ -108,6 +108,7 @@ class Scheduler:
         self._contexts = Contexts(self.store, self.settings)
         self._next_housekeeping = self.clock() + HOUSEKEEPING_PERIOD
         self._heartbeat = HeartbeatThread.for_store(self.store, lambda: self.config.system)
+        self._listeners: list[Callable[[Configuration], None]] = []
         self._announce = False
         self._apply(self.config)
         self._announce = True
@@ -290,7 +291,18 @@ class Scheduler:
             log.warning("StateStore changed in the configuration: takes effect after a restart")
         self._apply(config)
         log.info("configuration reloaded: %d instances", len(config.providers))
+        for listener in self._listeners:
+            try:
+                listener(config)
+            except Exception:  # a listener's failure must not stop the scheduling
+                log.exception("a configuration listener failed on the reload")
         return True
+
+    def follow(self, listener: Callable[[Configuration], None]) -> None:
+        """Call ``listener`` with the configuration now and after every reload that applies
+        (push watchers use it to watch what the file says now)."""
+        self._listeners.append(listener)
+        listener(self.config)
 
     def _apply(self, config: Configuration) -> None:
         """Make the slots match ``config`` (new context: Deployment changes reach the CRM)."""

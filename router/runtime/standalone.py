@@ -91,7 +91,7 @@ def main(
     if port is not None:
         metrics.start_metrics_server(port, metrics_addr or settings.metrics_addr, token)
     push = PushWatchers(runtime)  # <Push>idle</Push> instances: new mail polls at once
-    push.apply(runtime.config)
+    runtime.follow(push.apply)  # and what a reloaded file says from then on
     try:
         with stopped_by_signals(runtime):
             code = runtime.run(duration)

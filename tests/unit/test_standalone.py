@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ProviderConfiguration
+from router.config import Configuration, ProviderConfiguration
 from router.configcheck import load_config
 from router.context import Context
 from router.crm.factory import MEMORY_CRMS
@@ -489,3 +489,32 @@ def test_the_runtime_purges_finished_ledger_entries_every_housekeeping_period(
     advance(rt, clock, 20, 10)
     assert store.get_entry("box", "old-done") is None
     assert store.get_entry("box", "old-staged") is not None
+
+
+def test_a_follower_gets_the_configuration_now_and_after_each_reload_even_if_one_fails(
+    recorder: Recorder, make_runtime: Callable[..., Scheduler]
+) -> None:
+    # Given a runtime followed by a listener that fails on every reload, and one that records
+    clock = FakeClock()
+    rt = make_runtime(config_xml(instance_xml("first")), clock)
+    seen: list[list[str]] = []
+    calls: list[Configuration] = []
+
+    def breaks_on_reloads(config: Configuration) -> None:
+        calls.append(config)
+        if len(calls) > 1:
+            raise RuntimeError("listener broke")
+
+    rt.follow(breaks_on_reloads)
+    rt.follow(lambda config: seen.append([p.name for p in config.providers]))
+    assert seen == [["first"]]
+
+    # When the file changes twice
+    rt.config_path.write_text(config_xml(instance_xml("first"), instance_xml("second")))
+    advance(rt, clock, 2.0, 1.0)
+    rt.config_path.write_text(config_xml(instance_xml("second")))
+    advance(rt, clock, 2.0, 1.0)
+
+    # Then the recording follower saw each version, the failing one notwithstanding
+    assert seen == [["first"], ["first", "second"], ["second"]]
+    assert len(calls) == 3 and set(rt.slots) == {"second"}
