@@ -62,20 +62,24 @@ def split_attachments(message: bytes) -> tuple[bytes, list[Attachment]]:
     if not isinstance(parsed, EmailMessage) or parsed.get_content_type() != "multipart/mixed":
         return message, []
     parts = [p for p in parsed.iter_parts() if isinstance(p, EmailMessage)]
-    taken = [p for p in parts if p.get_content_disposition() == "attachment"]
+    taken = {id(p): file for p in parts if (file := _file(p)) is not None}
     if not taken:
         return message, []
-    parsed.set_payload([p for p in parts if p not in taken])
-    return parsed.as_bytes(), [_attachment(p) for p in taken]
+    parsed.set_payload([p for p in parts if id(p) not in taken])
+    return parsed.as_bytes(), list(taken.values())
 
 
-def _attachment(part: EmailMessage) -> Attachment:
+def _file(part: EmailMessage) -> Attachment | None:
+    """The file a part attaches; None for a body part, or one that is not plain bytes (an
+    attached message or multipart stays in the draft, as Graph could not take it as a file)."""
+    if part.get_content_disposition() != "attachment" or part.get_content_maintype() in (
+        "multipart", "message"
+    ):  # fmt: skip
+        return None
     data = part.get_payload(decode=True)
-    return Attachment(
-        part.get_filename() or "attachment",
-        part.get_content_type(),
-        data if isinstance(data, bytes) else b"",
-    )
+    if not isinstance(data, bytes):
+        return None
+    return Attachment(part.get_filename() or "attachment", part.get_content_type(), data)
 
 
 class DraftSender:

@@ -10,9 +10,11 @@ integration tests.
 from __future__ import annotations
 
 import base64
+import email.policy
 import json
 from dataclasses import replace
 from email import message_from_bytes
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -465,3 +467,20 @@ def test_split_attachments_keeps_the_body_and_headers_and_returns_the_files_exac
     assert "Sehr geehrte Frau Muster" in rest.decode()
     plain = compose_message(EMAIL).raw
     assert split_attachments(plain) == (plain, [])  # nothing to take out: untouched
+
+
+def test_an_attached_message_stays_in_the_draft_and_only_files_are_taken_out() -> None:
+    inner = EmailMessage()
+    inner["Subject"] = "forwarded"
+    inner.set_content("the forwarded text")
+    outer = EmailMessage(policy=email.policy.SMTP)
+    outer["Subject"] = "outer"
+    outer.set_content("see attached")
+    outer.add_attachment(b"\x00\x01file", maintype="application", subtype="octet-stream",
+                         filename="f.bin")  # fmt: skip
+    outer.add_attachment(inner)  # message/rfc822: not a file Graph could attach
+
+    rest, files = split_attachments(outer.as_bytes())
+
+    assert [(f.name, f.data) for f in files] == [("f.bin", b"\x00\x01file")]
+    assert b"message/rfc822" in rest and b"the forwarded text" in rest and b"f.bin" not in rest
