@@ -13,34 +13,16 @@ import email
 import email.policy
 import os
 
-from router.config import Configuration, SystemConfiguration
-from router.context import Context
-from router.models import Direction
 from router.outgoing import send_cycle
 from router.providers.credentials import SOURCES
-from router.state.memory import MemoryStore
 from router.testing.graphsim import GraphSimulator
 from router.testing.simulator import SimulatorServer
+from tests.servers.graphsim import sending_context
 
 OWNER_ID = "5e0d1a8c-0000-4000-8000-0000000000c9"
 SENT = 3
 BIG = os.urandom(9 * 1024 * 1024)  # random: no compression or pattern can hide a wrong byte
 SMALL = os.urandom(1024 * 1024)
-
-
-def context(simulator: SimulatorServer, graphsim: GraphSimulator, mailbox: str) -> Context:
-    cfg = graphsim.provider_config(
-        mailbox,
-        name="graph-out",
-        direction=Direction.OUTGOING,
-        deployment="sim",
-        user_ids=(OWNER_ID,),
-        parameters={"timeout": "30"},
-    )
-    config = Configuration(
-        system=SystemConfiguration(), deployments=(simulator.deployment("sim"),), providers=(cfg,)
-    )
-    return Context(config, MemoryStore())
 
 
 def files(message: email.message.EmailMessage) -> dict[str, bytes]:
@@ -67,7 +49,7 @@ def test_an_email_with_a_9_mb_attachment_is_sent_once_with_every_byte_through_a_
         1, owner_id=OWNER_ID, sender=graph_mailbox, to=["kunde@example.net"],
         bcc=["verdeckt@example.net"], attachments=attachments,
     )  # fmt: skip
-    ctx = context(simulator, graphsim, graph_mailbox)
+    ctx = sending_context(simulator, graphsim, graph_mailbox, OWNER_ID)
 
     # When the send cycle runs (and once more: nothing may go twice)
     reports = [send_cycle(ctx, "graph-out") for _ in range(2)]

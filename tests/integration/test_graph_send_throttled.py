@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from router.config import Configuration, SystemConfiguration
-from router.context import Context
-from router.models import Direction
 from router.outgoing import send_cycle
 from router.providers.credentials import SOURCES
-from router.state.memory import MemoryStore
 from router.testing.graphsim import GraphSimulator
 from router.testing.simulator import SimulatorServer
+from tests.servers.graphsim import sending_context
 
 OWNER_ID = "5e0d1a8c-0000-4000-8000-0000000000b8"
 SENT = 3
@@ -30,18 +27,7 @@ def test_throttled_sendmail_waits_out_retry_after_and_sends_each_email_once(
     simulator.seed_pending(40, owner_id=OWNER_ID, sender=graph_mailbox, to=["kunde@example.net"])
     graphsim.set_faults(rate_429=0.2, rate_503=0.1, retry_after=0.05, seed=7)
     since = len(graphsim.request_log())
-    cfg = graphsim.provider_config(
-        graph_mailbox,
-        name="graph-out",
-        direction=Direction.OUTGOING,
-        deployment="sim",
-        user_ids=(OWNER_ID,),
-        parameters={"timeout": "10"},
-    )
-    config = Configuration(
-        system=SystemConfiguration(), deployments=(simulator.deployment("sim"),), providers=(cfg,)
-    )
-    ctx = Context(config, MemoryStore())
+    ctx = sending_context(simulator, graphsim, graph_mailbox, OWNER_ID)
 
     # When send cycles run until nothing is pending
     reports = [send_cycle(ctx, "graph-out") for _ in range(3)]

@@ -9,6 +9,7 @@ Both server fixtures yield a :class:`GraphSimulator` (:mod:`router.testing.graph
 process management lives): ``.base_url`` (ending ``/v1.0``), ``.authority``, ``.ca_path``,
 ``.provider_config(mailbox)``, ``.admin(method, path, json)`` and shortcuts
 (``add_messages``, ``folder``, ``sent``, ``request_log``, ``set_faults``, ``expire_delta``).
+:func:`sending_context` builds the context of a Graph outgoing instance over both simulators.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from router.config import Configuration, SystemConfiguration
+from router.context import Context
+from router.models import Direction
+from router.state.memory import MemoryStore
 from router.testing.graphsim import GraphSimulator, start_graph_simulator
+from router.testing.simulator import SimulatorServer
 from tests.servers.common import require, wait_for
 
-__all__ = ["GraphSimulator", "start_graph_simulator"]
+__all__ = ["GraphSimulator", "sending_context", "start_graph_simulator"]
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +55,22 @@ def graphsim(graph_simulator: GraphSimulator) -> Iterator[GraphSimulator]:
 def graph_mailbox() -> str:
     """A mailbox address no other test uses."""
     return f"u{uuid.uuid4().hex[:12]}@sim.example"
+
+
+def sending_context(
+    simulator: SimulatorServer, graphsim: GraphSimulator, mailbox: str, owner_id: str
+) -> Context:
+    """A context with one Graph outgoing instance ``graph-out`` sending from ``mailbox`` the
+    pending emails of ``owner_id`` in the Dataverse simulator (memory state store)."""
+    cfg = graphsim.provider_config(
+        mailbox,
+        name="graph-out",
+        direction=Direction.OUTGOING,
+        deployment="sim",
+        user_ids=(owner_id,),
+        parameters={"timeout": "30"},
+    )
+    config = Configuration(
+        system=SystemConfiguration(), deployments=(simulator.deployment("sim"),), providers=(cfg,)
+    )
+    return Context(config, MemoryStore())
