@@ -1,5 +1,8 @@
 """300 CRM emails through Graph sendMail while the sender is SIGKILLed every ~20: none twice.
 
+And 24 emails over 4 MB (a draft, an upload session, then send) with a kill every ~2 sends,
+landing anywhere in the draft's steps.
+
 The CRM is the Dataverse simulator (emails seeded in Pending Send), the mail side the Graph
 simulator; the sender is a separate process (this module run with ``python -m``) over a SQLite
 state store, killed at random moments of its batch (after 10-30 more messages reached Graph,
@@ -14,6 +17,7 @@ seed (printed on failure).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -46,29 +50,67 @@ def test_sender_sigkilled_every_20_sends_never_sends_an_email_twice(
 ) -> None:
     # Given N emails pending in Dataverse, From the Graph mailbox, with To and Bcc recipients
     count = int(os.environ.get("GRAPH_SEND_EMAILS", "300"))
-    seed = int(os.environ.get("GRAPH_SEND_SEED", str(time.time_ns() % 100_000)))
-    rng = random.Random(seed)
     simulator.seed_pending(count, owner_id=OWNER_ID, sender=graph_mailbox,
                            to=["kunde@example.net"], bcc=["hidden@example.net"])  # fmt: skip
-    job = _job(simulator, graphsim, graph_mailbox, tmp_path)
-
     # When a sender process is SIGKILLed after every 10-30 messages Graph took
-    progress, kills = _Progress(graphsim, graph_mailbox), 0
-    for _ in range(count // 5):
-        killed = _run_and_kill(job, progress, rng)
+    # Then no email is sent twice and each one is accounted for
+    kills = _send_with_kills(simulator, graphsim, graph_mailbox, tmp_path, count, (10, 30), 0.01)
+    assert kills >= count // 30, f"only {kills} kills landed mid-batch"
+    # Bcc reached Graph in the header it reads recipients from
+    assert all(e["bcc"] == "hidden@example.net" for e in graphsim.sent(graph_mailbox)[:5])
+
+
+def test_emails_over_4_mb_sent_as_drafts_are_never_sent_twice_when_the_sender_is_killed(
+    simulator: SimulatorServer, graphsim: GraphSimulator, graph_mailbox: str, tmp_path: Path
+) -> None:
+    # Given emails with a 3.5 MB attachment each: draft, upload session, then send
+    count = int(os.environ.get("GRAPH_SEND_LARGE_EMAILS", "24"))
+    attachment = {"filename": "plan.bin", "mimetype": "application/octet-stream",
+                  "body": base64.b64encode(os.urandom(3_500_000)).decode()}  # fmt: skip
+    simulator.seed_pending(count, owner_id=OWNER_ID, sender=graph_mailbox,
+                           to=["kunde@example.net"], attachments=[attachment])  # fmt: skip
+    # When the sender is SIGKILLed after every 1-4 sends plus up to 0.6 s: anywhere in the next
+    # email's steps (CRM update, draft, upload, send)
+    kills = _send_with_kills(simulator, graphsim, graph_mailbox, tmp_path, count, (1, 4), 0.6)
+    # Then (besides none twice, none lost) every sent email carried its file, and a draft was
+    # left behind by a kill at most
+    assert kills >= count // 8, f"only {kills} kills landed mid-batch"
+    sizes = {len(e["mime"]) for e in graphsim.sent(graph_mailbox)}
+    assert min(sizes) > 4_600_000, sizes  # the 3.5 MB file, base64, is in every sent message
+    left = len(graphsim.folder(graph_mailbox, "drafts"))
+    print(f"drafts left behind by kills: {left}")
+    assert left <= kills
+
+
+def _send_with_kills(
+    simulator: SimulatorServer,
+    graphsim: GraphSimulator,
+    mailbox: str,
+    tmp_path: Path,
+    count: int,
+    every: tuple[int, int],
+    jitter: float,
+) -> int:
+    """Send the ``count`` pending emails with a sender SIGKILLed after every ``every`` (a range)
+    sends Graph took and up to ``jitter`` seconds more, then a last sender to the end; assert
+    the at-most-once rules and return the number of kills that landed."""
+    seed = int(os.environ.get("GRAPH_SEND_SEED", str(time.time_ns() % 100_000)))
+    rng = random.Random(seed)
+    job = _job(simulator, graphsim, mailbox, tmp_path)
+    progress, kills = _Progress(graphsim, mailbox), 0
+    for _ in range(count):
+        killed = _run_and_kill(job, progress, rng, every, jitter)
         if killed is None:  # the sender finished: nothing is pending any more
             break
         kills += killed
-
-    # And a last sender runs until nothing is pending
     last = _sender(job)
     try:
         assert last.wait(timeout=120) == 0, f"seed {seed}"
     finally:
         _stop(last)
 
-    # Then Graph got no Message-ID twice, and every email is accounted for
-    sent_ids = Counter(entry["message_id"] for entry in graphsim.sent(graph_mailbox))
+    # Graph got no Message-ID twice, and every email is accounted for
+    sent_ids = Counter(entry["message_id"] for entry in graphsim.sent(mailbox))
     twice = {k: v for k, v in sent_ids.items() if v > 1}
     assert not twice, f"seed {seed}: sent twice: {twice}"
     emails = simulator.emails()
@@ -79,9 +121,7 @@ def test_sender_sigkilled_every_20_sends_never_sends_an_email_twice(
     assert len(marked_sent) + len(failed) == count, f"seed {seed}: some left pending"
     assert len(failed) <= kills, f"seed {seed}: more unsure emails than kills"
     print(f"graph send crashes: {count} emails, {kills} kills, {len(failed)} unsure, seed {seed}")
-    assert kills >= count // 30, f"seed {seed}: only {kills} kills landed mid-batch"
-    # Bcc reached Graph in the header it reads recipients from
-    assert all(e["bcc"] == "hidden@example.net" for e in graphsim.sent(graph_mailbox)[:5])
+    return kills
 
 
 class _Progress:
@@ -97,20 +137,23 @@ class _Progress:
             if row["status"] == 0:  # still in flight: read it again next time
                 break
             self.since = row["id"]
-            self.done += row["status"] == 202 and row["path"].endswith("/sendMail")
+            sending = row["path"].endswith(("/sendMail", "/send"))  # a draft's send too
+            self.done += row["status"] == 202 and sending
         return self.done
 
 
-def _run_and_kill(job: Path, progress: _Progress, rng: random.Random) -> int | None:
-    """Start a sender, SIGKILL it once 10-30 more messages were sent: 1 if the kill landed,
-    0 if it did not, None when the sender finished on its own first."""
-    target = progress.sent() + rng.randint(10, 30)
+def _run_and_kill(
+    job: Path, progress: _Progress, rng: random.Random, every: tuple[int, int], jitter: float
+) -> int | None:
+    """Start a sender, SIGKILL it once ``every`` (a range) more messages were sent: 1 if the
+    kill landed, 0 if it did not, None when the sender finished on its own first."""
+    target = progress.sent() + rng.randint(*every)
     proc = _sender(job)
     try:
         if not wait_for(lambda: progress.sent() >= target or proc.poll() is not None,
                         timeout=60, interval=0.005):  # fmt: skip
             return 0
-        time.sleep(rng.uniform(0.0, 0.01))  # anywhere within the next exchange
+        time.sleep(rng.uniform(0.0, jitter))  # anywhere within the next exchange
         if proc.poll() is not None:
             return None if proc.returncode == 0 else 0
         proc.send_signal(signal.SIGKILL)
