@@ -26,45 +26,22 @@ from router.testing.graphsim import GraphSimulator
 from tests.servers.celery_procs import CeleryProcs, wait_until
 from tests.servers.dovecot import PASSWORD, Dovecot, message
 from tests.servers.redis_server import PrivateRedis
-from tests.servers.simulator import CLIENT_ID, CLIENT_SECRET, TENANT, SimulatorServer
+from tests.servers.simulator import CLIENT_SECRET, SimulatorServer
 from tests.servers.smtp import SmtpSink
+from tests.support.dataverse_orgs import (
+    SENT,
+    deployment,
+    incoming,
+    message_id,
+    received,
+    smtp_outgoing,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dovecot, pytest.mark.timeout(300)]
 
 ORGS = ("alpha", "beta")
 MESSAGES, OUTBOUND = 12, 6  # per mailbox / per organisation
 DRAIN_TIMEOUT = float(os.environ.get("E2E_DRAIN_TIMEOUT", "120"))
-SENT, RECEIVED = 3, 4  # Dataverse email statuscode values
-
-
-def deployment(org: str, sim: SimulatorServer) -> str:
-    return f"""
-  <Deployment Name="{org}">
-    <Adapter>dataverse</Adapter>
-    <CrmServerUrl>{sim.org_url}</CrmServerUrl>
-    <TenantId>{TENANT}</TenantId>
-    <ClientId>{CLIENT_ID}</ClientId>
-    <ClientSecret Env="E2E_CRM_SECRET"/>
-    <Authority>{sim.authority}</Authority>
-    <CaBundle>{sim.ca_path}</CaBundle>
-  </Deployment>"""
-
-
-def imap_incoming(org: str, user: str, port: int) -> str:
-    return f"""
-  <ProviderConfiguration Name="{org}-imap">
-    <ProviderClass>imap</ProviderClass>
-    <Direction>Incoming</Direction>
-    <Deployment>{org}</Deployment>
-    <EmailServer>127.0.0.1</EmailServer>
-    <EmailPort>{port}</EmailPort>
-    <EmailSecurity>none</EmailSecurity>
-    <EmailUser>{user}</EmailUser>
-    <EmailPassword Env="E2E_MAIL_PASSWORD"/>
-    <EmailAddress>{user}</EmailAddress>
-    <PollingPeriod>700</PollingPeriod>
-    <AfterProcessing>seen</AfterProcessing>
-  </ProviderConfiguration>"""
 
 
 def graph_instance(name: str, direction: str, org: str, mailbox: str, graph: GraphSimulator) -> str:
@@ -95,26 +72,6 @@ def graph_instance(name: str, direction: str, org: str, mailbox: str, graph: Gra
   </ProviderConfiguration>"""
 
 
-def smtp_outgoing(org: str, port: int) -> str:
-    return f"""
-  <ProviderConfiguration Name="{org}-smtp">
-    <ProviderClass>smtp</ProviderClass>
-    <Direction>Outgoing</Direction>
-    <Deployment>{org}</Deployment>
-    <EmailServer>127.0.0.1</EmailServer>
-    <EmailPort>{port}</EmailPort>
-    <EmailSecurity>none</EmailSecurity>
-    <EmailAuthMode>none</EmailAuthMode>
-    <EmailAddress>{org}@example.com</EmailAddress>
-    <UserId>owner-{org}</UserId>
-    <PollingPeriod>700</PollingPeriod>
-  </ProviderConfiguration>"""
-
-
-def received(sim: SimulatorServer) -> Counter[str]:
-    return Counter(str(e["messageid"]) for e in sim.emails() if e["statuscode"] == RECEIVED)
-
-
 def test_imap_graph_and_smtp_instances_in_one_cluster_deliver_each_message_once_per_org(
     tmp_path: Path,
     dovecot: Dovecot,
@@ -134,7 +91,7 @@ def test_imap_graph_and_smtp_instances_in_one_cluster_deliver_each_message_once_
     expected: dict[str, set[str]] = {}
     for org in ORGS:
         expected[org] = _fill_mailboxes(org, sims[org], dovecot, graphsim, blocks)
-    blocks.append(smtp_outgoing("alpha", sink.port))
+    blocks.append(smtp_outgoing("alpha-smtp", "alpha", sink.port))
     blocks.append(graph_instance("beta-graph-out", "Outgoing", "beta", sender, graphsim))
     pending: dict[str, set[str]] = {}
     pending["alpha"] = set(sims["alpha"].seed_pending(OUTBOUND, owner_id="owner-alpha"))
@@ -182,9 +139,9 @@ def _fill_mailboxes(
     dovecot.append_many(user, imap_raws)
     graph.add_messages(mailbox, graph_raws)
     blocks.append(deployment(org, sim))
-    blocks.append(imap_incoming(org, user, dovecot.ports["imap"]))
+    blocks.append(incoming(f"{org}-imap", "imap", org, user, dovecot.ports["imap"]))
     blocks.append(graph_instance(f"{org}-graph", "Incoming", org, mailbox, graph))
-    return {_message_id(raw) for raw in imap_raws + graph_raws}
+    return {message_id(raw) for raw in imap_raws + graph_raws}
 
 
 def _configure(procs: CeleryProcs, redis: PrivateRedis, config: Path, blocks: str) -> None:
@@ -211,11 +168,4 @@ def _configure(procs: CeleryProcs, redis: PrivateRedis, config: Path, blocks: st
 
 
 def _sink_message_ids(sink: SmtpSink) -> set[str]:
-    return {_message_id(received.data) for received in sink.messages}
-
-
-def _message_id(raw: bytes) -> str:
-    for line in raw.replace(b"\r\n", b"\n").split(b"\n"):
-        if line.lower().startswith(b"message-id:"):
-            return line.split(b":", 1)[1].strip().decode()
-    raise AssertionError("message without Message-ID")
+    return {message_id(received.data) for received in sink.messages}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,66 +17,22 @@ import pytest
 from tests.servers.celery_procs import CeleryProcs, wait_until
 from tests.servers.dovecot import PASSWORD, Dovecot, message
 from tests.servers.redis_server import PrivateRedis
-from tests.servers.simulator import CLIENT_ID, CLIENT_SECRET, TENANT, SimulatorServer
+from tests.servers.simulator import CLIENT_SECRET, SimulatorServer
 from tests.servers.smtp import SmtpSink
+from tests.support.dataverse_orgs import (
+    SENT,
+    deployment,
+    incoming,
+    message_id,
+    received,
+    smtp_outgoing,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.dovecot, pytest.mark.timeout(600)]
 
 ORGS = ("alpha", "beta")
 PER_KIND, MESSAGES, OUTBOUND = 2, 25, 15  # per organisation: 2 IMAP + 2 POP3 mailboxes
 DRAIN_TIMEOUT = float(os.environ.get("E2E_DRAIN_TIMEOUT", "240"))
-SENT, RECEIVED = 3, 4  # Dataverse email statuscode values
-
-
-def deployment(org: str, sim: SimulatorServer) -> str:
-    return f"""
-  <Deployment Name="{org}">
-    <Adapter>dataverse</Adapter>
-    <CrmServerUrl>{sim.org_url}</CrmServerUrl>
-    <TenantId>{TENANT}</TenantId>
-    <ClientId>{CLIENT_ID}</ClientId>
-    <ClientSecret Env="E2E_CRM_SECRET"/>
-    <Authority>{sim.authority}</Authority>
-    <CaBundle>{sim.ca_path}</CaBundle>
-  </Deployment>"""
-
-
-def incoming(name: str, kind: str, org: str, user: str, port: int) -> str:
-    after = "seen" if kind == "imap" else "delete"
-    return f"""
-  <ProviderConfiguration Name="{name}">
-    <ProviderClass>{kind}</ProviderClass>
-    <Direction>Incoming</Direction>
-    <Deployment>{org}</Deployment>
-    <EmailServer>127.0.0.1</EmailServer>
-    <EmailPort>{port}</EmailPort>
-    <EmailSecurity>none</EmailSecurity>
-    <EmailUser>{user}</EmailUser>
-    <EmailPassword Env="E2E_MAIL_PASSWORD"/>
-    <EmailAddress>{user}</EmailAddress>
-    <PollingPeriod>700</PollingPeriod>
-    <AfterProcessing>{after}</AfterProcessing>
-  </ProviderConfiguration>"""
-
-
-def outgoing(org: str, port: int) -> str:
-    return f"""
-  <ProviderConfiguration Name="out-{org}">
-    <ProviderClass>smtp</ProviderClass>
-    <Direction>Outgoing</Direction>
-    <Deployment>{org}</Deployment>
-    <EmailServer>127.0.0.1</EmailServer>
-    <EmailPort>{port}</EmailPort>
-    <EmailSecurity>none</EmailSecurity>
-    <EmailAuthMode>none</EmailAuthMode>
-    <EmailAddress>{org}@example.com</EmailAddress>
-    <UserId>owner-{org}</UserId>
-    <PollingPeriod>700</PollingPeriod>
-  </ProviderConfiguration>"""
-
-
-def received(sim: SimulatorServer) -> Counter[str]:
-    return Counter(str(e["messageid"]) for e in sim.emails() if e["statuscode"] == RECEIVED)
 
 
 def test_each_organisation_gets_exactly_its_own_mail_and_sends_its_own_emails(
@@ -103,9 +58,9 @@ def test_each_organisation_gets_exactly_its_own_mail_and_sends_its_own_emails(
                 user = dovecot.new_user()
                 raws = [message(i, sender=f"{org}{i}@example.org") for i in range(MESSAGES)]
                 dovecot.append_many(user, raws)
-                expected[org] |= {_message_id(raw) for raw in raws}
+                expected[org] |= {message_id(raw) for raw in raws}
                 blocks.append(incoming(f"{org}-{kind}-{n}", kind, org, user, dovecot.ports[kind]))
-        blocks.append(outgoing(org, sink.port))
+        blocks.append(smtp_outgoing(f"out-{org}", org, sink.port))
         pending[org] = set(sims[org].seed_pending(OUTBOUND, owner_id=f"owner-{org}"))
     base = private_redis.url.rsplit("/", 1)[0]
     config = tmp_path / "router.xml"
@@ -157,10 +112,3 @@ def test_each_organisation_gets_exactly_its_own_mail_and_sends_its_own_emails(
     # And every pending email went out through SMTP exactly once
     assert len(sink.messages) == OUTBOUND * len(ORGS)
     print(f"\n{total} messages + {OUTBOUND * len(ORGS)} emails, two organisations, {elapsed:.1f}s")
-
-
-def _message_id(raw: bytes) -> str:
-    for line in raw.split(b"\r\n"):
-        if line.lower().startswith(b"message-id:"):
-            return line.split(b":", 1)[1].strip().decode()
-    raise AssertionError("test message without Message-ID")
