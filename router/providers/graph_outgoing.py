@@ -178,7 +178,8 @@ class GraphOutgoingProvider(OutgoingProvider):
 
     # -- sending --------------------------------------------------------------------------------
     def _submit(self, email: OutboundEmail, message: bytes, envelope_from: str) -> SubmitResult:
-        """POST the message to ``sendMail`` once; see the module docstring for the outcomes."""
+        """Hand the message to Graph once: ``sendMail``, or a draft's ``send`` over 4 MB; see the
+        module docstring for the outcomes."""
         rcpts = tuple(dict.fromkeys(a.email for a in (*email.to, *email.cc, *email.bcc)))
         result = SubmitResult(rcpts, {})
         wire = self._with_bcc(message, email.bcc)
