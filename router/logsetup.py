@@ -42,7 +42,7 @@ _MESSAGE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("messag
 
 _KEYS = (
     r"password|passwd|pwd|secret|client_secret|client_assertion|access_token|refresh_token|"
-    r"id_token|api_key|apikey|token"
+    r"id_token|api_key|apikey|authtoken|token"
 )
 
 #: (pattern, replacement): each keeps the label and masks only the secret part.

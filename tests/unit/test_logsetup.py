@@ -47,6 +47,7 @@ def output() -> Iterator[io.StringIO]:
         ('{"access_token": "%s", "expires_in": 3599}', "tok-123456"),
         ("broker redis://:%s@127.0.0.1:6379/0", "brokerpw"),
         ("imap://alice:%s@mail.example.com", "hunter2"),
+        ('"PUT /upload/s1?authtoken=%s HTTP/1.1" 200', "eyJ0eXAi.upload"),  # urllib3's DEBUG line
     ],
 )
 def test_secret_logged_by_mistake_is_masked(output: io.StringIO, line: str, secret: str) -> None:
